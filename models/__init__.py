@@ -1,0 +1,1 @@
+"""The data layer: tables, schemas, sessions and the model functions."""

@@ -1,0 +1,99 @@
+"""Engine, sessions and the unit of work, bound to `FLOWRUNS_DATABASE_URL`."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.settings import get_settings
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_engines: dict[str, Engine] = {}
+_session_factories: dict[str, sessionmaker[Session]] = {}
+
+
+def create_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with the dialect set-up flowruns relies on.
+
+    SQLite has no row locks, so every transaction starts with `BEGIN IMMEDIATE`
+    (the database write lock) and foreign keys are switched on for cascades.
+    """
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
+        )
+        _configure_sqlite(engine)
+        return engine
+    return sa.create_engine(url, pool_size=10, max_overflow=20, **kwargs)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def get_engine(url: str | None = None) -> Engine:
+    url = url or get_settings().database_url
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines[url] = create_engine(url)
+    return engine
+
+
+def get_session_factory(url: str | None = None) -> sessionmaker[Session]:
+    url = url or get_settings().database_url
+    factory = _session_factories.get(url)
+    if factory is None:
+        factory = _session_factories[url] = sessionmaker(
+            bind=get_engine(url), expire_on_commit=False, autoflush=True
+        )
+    return factory
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection (after fork, in tests, on shutdown)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+    _session_factories.clear()
+
+
+@contextmanager
+def unit_of_work(url: str | None = None) -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on any error."""
+    session = get_session_factory(url)()
+    try:
+        with session.begin():
+            yield session
+    finally:
+        session.close()
+
+
+def dialect_name(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def dialect_insert(session: Session, table: Any) -> Any:
+    """An INSERT with the dialect's `on_conflict_do_nothing` (PostgreSQL and SQLite share it)."""
+    if dialect_name(session) == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)

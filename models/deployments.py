@@ -1,0 +1,107 @@
+"""Deployments and the concurrency limit each may carry."""
+
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from models import orm
+from models.errors import ObjectNotFoundError
+from models.schemas.actions import DeploymentCreate, WorkQueueCreate
+from models.work_pools import DEFAULT_POOL_NAME
+from models.work_queues import create_work_queue, read_work_queue_by_name
+
+
+def create_deployment(session: Session, deployment: DeploymentCreate) -> orm.Deployment:
+    """Create the deployment, or update the one with the same flow and name (an upsert, as Prefect).
+
+    A `concurrency_limit` materialises as a limit row named `deployment:<id>`.
+    """
+    if session.get(orm.Flow, deployment.flow_id) is None:
+        raise ObjectNotFoundError(f"flow_id: no flow with id {deployment.flow_id}")
+    fields = deployment.model_dump(
+        exclude={"work_pool_name", "global_concurrency_limit_id", "concurrency_limit", "concurrency_options"}
+    )
+    queue = _resolve_queue(session, deployment.work_pool_name, deployment.work_queue_name)
+    if queue is not None:
+        fields["work_queue_id"] = queue.id
+        fields["work_queue_name"] = queue.name
+    row = session.execute(
+        sa.select(orm.Deployment).where(
+            orm.Deployment.flow_id == deployment.flow_id, orm.Deployment.name == deployment.name
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        row = orm.Deployment(id=uuid.uuid4(), **fields)
+        session.add(row)
+    else:
+        for key, value in fields.items():
+            setattr(row, key, value)
+    row.concurrency_options = deployment.concurrency_options
+    if deployment.global_concurrency_limit_id is not None:
+        if session.get(orm.ConcurrencyLimit, deployment.global_concurrency_limit_id) is None:
+            raise ObjectNotFoundError(
+                f"global_concurrency_limit_id: no concurrency limit with id {deployment.global_concurrency_limit_id}"
+            )
+        row.concurrency_limit_id = deployment.global_concurrency_limit_id
+    else:
+        _set_concurrency_limit(session, row, deployment.concurrency_limit)
+    session.flush()
+    return row
+
+
+def _set_concurrency_limit(session: Session, deployment: orm.Deployment, limit: int | None) -> None:
+    """Create, resize (keeping active slots) or drop the deployment's own limit row."""
+    deployment.concurrency_limit = limit
+    current = session.get(orm.ConcurrencyLimit, deployment.concurrency_limit_id) if deployment.concurrency_limit_id else None
+    if limit is None:
+        if current is not None and current.name == f"deployment:{deployment.id}":
+            session.delete(current)
+        deployment.concurrency_limit_id = None
+        deployment.global_concurrency_limit = None
+        return
+    if current is None:
+        current = orm.ConcurrencyLimit(id=uuid.uuid4(), name=f"deployment:{deployment.id}", limit=limit)
+        session.add(current)
+        session.flush()
+    else:
+        current.limit = limit
+    deployment.concurrency_limit_id = current.id
+    deployment.global_concurrency_limit = current
+
+
+def _resolve_queue(session: Session, work_pool_name: str | None, work_queue_name: str | None) -> orm.WorkQueue | None:
+    """The deployment's queue; a missing queue in a known pool is created, as Prefect does."""
+    if work_pool_name is None and work_queue_name is None:
+        return None
+    pool_name = work_pool_name or DEFAULT_POOL_NAME
+    if work_pool_name is not None:
+        pool = session.execute(sa.select(orm.WorkPool).where(orm.WorkPool.name == work_pool_name)).scalar_one_or_none()
+        if pool is None:
+            raise ObjectNotFoundError(f"work_pool_name: no work pool named {work_pool_name!r}")
+        if work_queue_name is None:
+            return session.get(orm.WorkQueue, pool.default_queue_id) if pool.default_queue_id else None
+    queue_name = work_queue_name or "default"
+    queue = read_work_queue_by_name(session, queue_name, pool_name)
+    if queue is None:
+        queue = create_work_queue(session, WorkQueueCreate(name=queue_name, work_pool_name=pool_name))
+    return queue
+
+
+def read_deployment(session: Session, deployment_id: uuid.UUID) -> orm.Deployment | None:
+    return session.get(orm.Deployment, deployment_id)
+
+
+def delete_deployment(session: Session, deployment_id: uuid.UUID) -> bool:
+    """Delete the deployment and its own limit row (runs keep their deployment id, as Prefect)."""
+    deployment = session.get(orm.Deployment, deployment_id)
+    if deployment is None:
+        return False
+    limit_id = deployment.concurrency_limit_id
+    session.delete(deployment)
+    if limit_id is not None:
+        limit = session.get(orm.ConcurrencyLimit, limit_id)
+        if limit is not None and limit.name == f"deployment:{deployment_id}":
+            session.delete(limit)
+    session.flush()
+    return True

@@ -1,0 +1,1 @@
+"""Pydantic v2 schemas, in modules named as Prefect's."""

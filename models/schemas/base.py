@@ -1,0 +1,83 @@
+"""Base classes for the pydantic schemas."""
+
+import datetime
+import random
+from typing import Annotated, Any, ClassVar
+from uuid import UUID, uuid4
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from models.types import now_utc, uuid7
+
+
+def _require_aware(value: datetime.datetime) -> datetime.datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamp must carry a UTC offset")
+    return value.astimezone(datetime.timezone.utc)
+
+
+DateTime = Annotated[datetime.datetime, AfterValidator(_require_aware)]
+"""A timestamp that must carry its UTC offset; stored and returned as UTC."""
+
+
+class FlowrunsModel(BaseModel):
+    """Lenient base for read models: unknown fields are ignored, durations are float seconds."""
+
+    model_config = ConfigDict(ser_json_timedelta="float", extra="ignore")
+
+
+class ActionModel(BaseModel):
+    """Strict base for request bodies: unknown fields are refused."""
+
+    model_config = ConfigDict(ser_json_timedelta="float", extra="forbid")
+
+
+class IDModel(FlowrunsModel):
+    id: UUID = Field(default_factory=uuid4)
+
+
+class TimeSeriesModel(FlowrunsModel):
+    id: UUID = Field(default_factory=uuid7)
+
+
+class ORMModel(FlowrunsModel):
+    """A schema readable from an ORM row; `created`/`updated` come from the database."""
+
+    model_config = ConfigDict(from_attributes=True, ser_json_timedelta="float", extra="ignore")
+    created: DateTime | None = Field(default=None, repr=False)
+    updated: DateTime | None = Field(default=None, repr=False)
+
+
+_ADJECTIVES = (
+    "amber", "bold", "brisk", "calm", "clever", "crimson", "daring", "eager", "fancy", "gentle",
+    "golden", "happy", "jolly", "keen", "lively", "lucky", "mellow", "nimble", "proud", "quiet",
+    "rapid", "silver", "steady", "swift", "tidy", "vivid", "warm", "witty", "zealous", "cosmic",
+)
+_ANIMALS = (
+    "badger", "bison", "crane", "dolphin", "falcon", "ferret", "gecko", "heron", "ibis", "jaguar",
+    "koala", "lemur", "lynx", "marten", "newt", "ocelot", "otter", "panda", "quail", "raven",
+    "salmon", "seal", "stork", "tapir", "toucan", "viper", "walrus", "wombat", "yak", "zebra",
+)
+
+
+def generate_slug() -> str:
+    """A random two-word run name, as Prefect gives unnamed runs."""
+    return f"{random.choice(_ADJECTIVES)}-{random.choice(_ANIMALS)}"
+
+
+def default_name(value: Any) -> Any:
+    return value or generate_slug()
+
+
+__all__ = [
+    "ActionModel",
+    "ClassVar",
+    "DateTime",
+    "FlowrunsModel",
+    "IDModel",
+    "ORMModel",
+    "TimeSeriesModel",
+    "default_name",
+    "generate_slug",
+    "now_utc",
+]

@@ -1,0 +1,42 @@
+"""The one settings object: every `FLOWRUNS_*` variable is read here and nowhere else."""
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLOWRUNS_", extra="ignore")
+
+    database_url: str = "sqlite:///flowruns.db"
+    broker_url: str = "redis://localhost:6379/0"
+    result_backend: str = "redis://localhost:6379/1"
+    task_queue: str = "celery"
+    visibility_timeout: int = Field(default=1800, ge=60)
+
+    # Orchestration knobs (Prefect's server defaults).
+    concurrency_slot_wait_seconds: float = Field(default=30.0, ge=0)
+    max_parameter_size_bytes: int = Field(default=512 * 1024, ge=0)
+    api_default_limit: int = Field(default=200, ge=1)
+    graph_max_nodes: int = Field(default=10_000, ge=1)
+    graph_max_artifacts: int = Field(default=10_000, ge=1)
+
+    # Worker and beat.
+    late_runs_after_seconds: float = Field(default=15.0, ge=0)
+    late_runs_interval_seconds: float = Field(default=5.0, gt=0)
+    reconcile_slots_interval_seconds: float = Field(default=30.0, gt=0)
+    prune_requests_interval_seconds: float = Field(default=3600.0, gt=0)
+    processed_request_retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    task_max_retries: int = Field(default=8, ge=0)
+    task_retry_backoff_max_seconds: int = Field(default=60, ge=1)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings so the environment is read again (tests, CLI)."""
+    get_settings.cache_clear()

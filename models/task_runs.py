@@ -1,0 +1,63 @@
+"""Task runs: the steps inside a flow run, with their own states."""
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from models import orm
+from models.database import dialect_insert
+from models.errors import ObjectNotFoundError
+from models.schemas.actions import TaskRunCreate
+from models.schemas.core import TaskRun
+from models.types import now_utc
+
+_NOT_INSERTED = ("state", "created", "updated", "estimated_run_time", "estimated_start_time_delta")
+
+
+def create_task_run(
+    session: Session,
+    task_run: TaskRunCreate | TaskRun,
+    orchestration_parameters: dict[str, Any] | None = None,
+) -> orm.TaskRun:
+    """Create a task run, or return the one with the same (flow run, task key, dynamic key).
+
+    Only a run created by this call gets the given state, forced.
+    """
+    if task_run.flow_run_id is not None and session.get(orm.FlowRun, task_run.flow_run_id) is None:
+        raise ObjectNotFoundError(f"flow_run_id: no flow run with id {task_run.flow_run_id}")
+    now = now_utc()
+    values = task_run.model_dump(exclude_unset=True, exclude=set(_NOT_INSERTED))
+    for field in ("name", "task_key", "dynamic_key", "empirical_policy", "task_inputs", "tags", "labels"):
+        values.setdefault(field, getattr(task_run, field))
+    values["empirical_policy"] = task_run.empirical_policy
+    values["task_inputs"] = task_run.task_inputs
+    values.update(id=values.get("id") or uuid.uuid4(), created=now, updated=now)
+    statement = dialect_insert(session, orm.TaskRun).values(**values)
+    if task_run.flow_run_id is not None:
+        statement = statement.on_conflict_do_nothing(index_elements=["flow_run_id", "task_key", "dynamic_key"])
+    created_id = session.execute(statement.returning(orm.TaskRun.id)).scalar_one_or_none()
+    row = session.execute(
+        sa.select(orm.TaskRun)
+        .where(
+            orm.TaskRun.flow_run_id == task_run.flow_run_id,
+            orm.TaskRun.task_key == task_run.task_key,
+            orm.TaskRun.dynamic_key == task_run.dynamic_key,
+        )
+        .execution_options(populate_existing=True)
+    ).scalar_one() if created_id is None else session.get(orm.TaskRun, created_id)
+    assert row is not None
+    if created_id is not None and task_run.state is not None:
+        set_task_run_state(
+            session, row.id, task_run.state, force=True, orchestration_parameters=orchestration_parameters
+        )
+    return row
+
+
+def read_task_run(session: Session, task_run_id: uuid.UUID) -> orm.TaskRun | None:
+    return session.get(orm.TaskRun, task_run_id)
+
+
+def set_task_run_state(*args: Any, **kwargs: Any) -> Any:  # replaced by the orchestration work
+    raise NotImplementedError

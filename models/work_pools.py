@@ -1,0 +1,46 @@
+"""Work pools; each gets a `default` queue when created."""
+
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models import orm
+from models.errors import ValidationError
+from models.schemas.actions import WorkPoolCreate
+
+DEFAULT_POOL_NAME = "default-agent-pool"
+DEFAULT_QUEUE_NAME = "default"
+
+
+def create_work_pool(session: Session, work_pool: WorkPoolCreate) -> orm.WorkPool:
+    """Create a pool and its default queue; a taken name is refused."""
+    pool = orm.WorkPool(**work_pool.model_dump())
+    try:
+        with session.begin_nested():
+            session.add(pool)
+            session.flush()
+    except IntegrityError:
+        raise ValidationError(f"work_pool.name: a work pool named {work_pool.name!r} already exists") from None
+    queue = orm.WorkQueue(name=DEFAULT_QUEUE_NAME, work_pool_id=pool.id, priority=1)
+    session.add(queue)
+    session.flush()
+    pool.default_queue_id = queue.id
+    session.flush()
+    return pool
+
+
+def read_work_pool(session: Session, work_pool_id: uuid.UUID) -> orm.WorkPool | None:
+    return session.get(orm.WorkPool, work_pool_id)
+
+
+def read_work_pool_by_name(session: Session, name: str) -> orm.WorkPool | None:
+    return session.execute(sa.select(orm.WorkPool).where(orm.WorkPool.name == name)).scalar_one_or_none()
+
+
+def get_or_create_default_pool(session: Session) -> orm.WorkPool:
+    pool = read_work_pool_by_name(session, DEFAULT_POOL_NAME)
+    if pool is None:
+        pool = create_work_pool(session, WorkPoolCreate(name=DEFAULT_POOL_NAME))
+    return pool
