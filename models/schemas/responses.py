@@ -2,7 +2,7 @@
 
 import datetime
 import enum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
 from pydantic import Field
@@ -54,6 +54,17 @@ class OrchestrationResult(FlowrunsModel):
 class FlowRunResponse(FlowRun):
     work_pool_id: UUID | None = None
     work_pool_name: str | None = None
+
+    @classmethod
+    def from_orm_run(cls, run: Any) -> "FlowRunResponse":
+        """The REST shape of an ORM run: its queue's name and pool come from the loaded queue row."""
+        response = cls.model_validate(run, from_attributes=True)
+        queue = getattr(run, "work_queue", None)
+        if queue is not None:
+            response.work_queue_name = queue.name
+            response.work_pool_id = queue.work_pool_id
+            response.work_pool_name = queue.work_pool.name if queue.work_pool is not None else None
+        return response
 
 
 class DependencyResult(FlowrunsModel):

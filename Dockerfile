@@ -1,0 +1,9 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY models ./models
+COPY orchestration ./orchestration
+COPY tasks ./tasks
+RUN pip install --no-cache-dir '.[monitor]'
+USER nobody
+CMD ["celery", "-A", "tasks", "worker", "--loglevel", "INFO"]
