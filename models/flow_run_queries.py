@@ -1,0 +1,165 @@
+"""Reading and counting flow runs through the filter bodies (re-exported by `models.flow_runs`).
+
+A filter left out (None) selects everything. A related-object filter that is given, even
+empty (`DeploymentFilter()`), also requires the related row to exist: `deployment_filter={}`
+selects the runs that have a deployment, `task_run_filter={}` those with at least one task run.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import InstrumentedAttribute, Session, joinedload, load_only
+
+from models import orm
+from models.schemas.filters import (
+    DeploymentFilter,
+    FlowFilter,
+    FlowRunFilter,
+    TaskRunFilter,
+    WorkPoolFilter,
+    WorkQueueFilter,
+)
+from models.schemas.sorting import FlowRunSort
+
+Column = str | InstrumentedAttribute[Any]
+
+
+def read_flow_runs(
+    session: Session,
+    columns: Sequence[Column] | None = None,
+    flow_filter: FlowFilter | None = None,
+    flow_run_filter: FlowRunFilter | None = None,
+    task_run_filter: TaskRunFilter | None = None,
+    deployment_filter: DeploymentFilter | None = None,
+    work_pool_filter: WorkPoolFilter | None = None,
+    work_queue_filter: WorkQueueFilter | None = None,
+    offset: int | None = None,
+    limit: int | None = None,
+    sort: FlowRunSort = FlowRunSort.ID_DESC,
+) -> list[orm.FlowRun]:
+    """The matching runs in `sort` order, each once, with work queue and pool loaded.
+
+    `columns` (names or attributes) restricts the columns loaded. Applies only the given
+    `limit`; the 200-per-call cap is the wire layer's.
+    """
+    query = (
+        sa.select(orm.FlowRun)
+        .options(joinedload(orm.FlowRun.work_queue).joinedload(orm.WorkQueue.work_pool))
+        .where(
+            *_flow_run_criteria(
+                flow_filter=flow_filter,
+                flow_run_filter=flow_run_filter,
+                task_run_filter=task_run_filter,
+                deployment_filter=deployment_filter,
+                work_pool_filter=work_pool_filter,
+                work_queue_filter=work_queue_filter,
+            )
+        )
+        .order_by(*sort.as_sql_sort())
+        .offset(offset)
+        .limit(limit)
+    )
+    if columns:
+        query = query.options(load_only(*_column_attributes(columns)))
+    return list(session.scalars(query).unique())
+
+
+def count_flow_runs(
+    session: Session,
+    flow_filter: FlowFilter | None = None,
+    flow_run_filter: FlowRunFilter | None = None,
+    task_run_filter: TaskRunFilter | None = None,
+    deployment_filter: DeploymentFilter | None = None,
+    work_pool_filter: WorkPoolFilter | None = None,
+    work_queue_filter: WorkQueueFilter | None = None,
+) -> int:
+    """How many runs `read_flow_runs` returns for the same filters (without offset/limit).
+
+    The flow, deployment, work queue and work pool filters are INNER JOINs instead of EXISTS:
+    each joins at most one row per run (many-to-one), so the count cannot inflate, and a run
+    without the related row drops out exactly as EXISTS would drop it. Task runs are the
+    one-to-many side and always stay an EXISTS.
+    """
+    query = sa.select(sa.func.count()).select_from(orm.FlowRun)
+    if flow_run_filter is not None:
+        query = query.where(flow_run_filter.as_sql_filter())
+    if deployment_filter is not None:
+        query = query.join(orm.Deployment, orm.Deployment.id == orm.FlowRun.deployment_id)
+        query = query.where(deployment_filter.as_sql_filter())
+    if work_queue_filter is not None or work_pool_filter is not None:
+        query = query.join(orm.WorkQueue, orm.WorkQueue.id == orm.FlowRun.work_queue_id)
+        if work_queue_filter is not None:
+            query = query.where(work_queue_filter.as_sql_filter())
+        if work_pool_filter is not None:
+            query = query.join(orm.WorkPool, orm.WorkPool.id == orm.WorkQueue.work_pool_id)
+            query = query.where(work_pool_filter.as_sql_filter())
+    if flow_filter is not None:
+        query = query.join(orm.Flow, orm.Flow.id == orm.FlowRun.flow_id)
+        query = query.where(flow_filter.as_sql_filter())
+    if task_run_filter is not None:
+        query = query.where(_has_task_run(task_run_filter))
+    return session.scalar(query) or 0
+
+
+def _flow_run_criteria(
+    flow_filter: FlowFilter | None,
+    flow_run_filter: FlowRunFilter | None,
+    task_run_filter: TaskRunFilter | None,
+    deployment_filter: DeploymentFilter | None,
+    work_pool_filter: WorkPoolFilter | None,
+    work_queue_filter: WorkQueueFilter | None,
+) -> list[sa.ColumnElement[bool]]:
+    """The WHERE criteria on `flow_run` for the six filters, related rows as EXISTS."""
+    criteria: list[sa.ColumnElement[bool]] = []
+    if flow_run_filter is not None:
+        criteria.append(flow_run_filter.as_sql_filter())
+    if deployment_filter is not None:
+        criteria.append(
+            sa.exists().where(
+                orm.Deployment.id == orm.FlowRun.deployment_id,
+                deployment_filter.as_sql_filter(),
+            )
+        )
+    if work_pool_filter is not None:
+        criteria.append(
+            sa.exists().where(
+                orm.WorkQueue.id == orm.FlowRun.work_queue_id,
+                orm.WorkPool.id == orm.WorkQueue.work_pool_id,
+                work_pool_filter.as_sql_filter(),
+            )
+        )
+    if work_queue_filter is not None:
+        criteria.append(
+            sa.exists().where(
+                orm.WorkQueue.id == orm.FlowRun.work_queue_id,
+                work_queue_filter.as_sql_filter(),
+            )
+        )
+    if flow_filter is not None:
+        criteria.append(
+            sa.exists().where(orm.Flow.id == orm.FlowRun.flow_id, flow_filter.as_sql_filter())
+        )
+    if task_run_filter is not None:
+        criteria.append(_has_task_run(task_run_filter))
+    return criteria
+
+
+def _has_task_run(task_run_filter: TaskRunFilter) -> sa.ColumnElement[bool]:
+    """The run has at least one task run matching the filter."""
+    return sa.exists().where(
+        orm.TaskRun.flow_run_id == orm.FlowRun.id, task_run_filter.as_sql_filter()
+    )
+
+
+def _column_attributes(columns: Sequence[Column]) -> list[InstrumentedAttribute[Any]]:
+    """Column names resolved to `FlowRun` attributes; an unknown name is a ValueError."""
+    known = sa.inspect(orm.FlowRun).column_attrs
+    attributes: list[InstrumentedAttribute[Any]] = []
+    for column in columns:
+        if isinstance(column, str):
+            if column not in known:
+                raise ValueError(f"flow_run has no column {column!r}")
+            column = getattr(orm.FlowRun, column)
+        attributes.append(column)
+    return attributes
