@@ -160,10 +160,40 @@ def set_flow_run_state(
     orchestration_parameters: dict[str, Any] | None = None,
     client_version: str | None = None,
 ) -> OrchestrationResult:
-    """Propose a state for the run under its row lock; the policy decides what is written."""
-    raise NotImplementedError  # body owned by the orchestration work
+    """Propose a state for the run under its row lock; the policy decides what is written.
+
+    `state` is a `State`, `StateCreate` or dict; its timestamp is taken once the lock is held.
+    The minimal policy applies when `force` is set or no policy is given. Raises
+    `ObjectNotFoundError` for an unknown run; a rule's error is re-raised.
+    """
+    from orchestration.context import FlowOrchestrationContext, locked_current_state, proposed_state_from
+    from orchestration.engine import orchestrate
+    from orchestration.global_policy import GlobalFlowPolicy
+    from orchestration.policies import MinimalFlowPolicy
+
+    proposed = proposed_state_from(state)
+    run = read_flow_run(session, flow_run_id, for_update=True)
+    if run is None:
+        raise ObjectNotFoundError(f"flow_run_id: no flow run with id {flow_run_id}")
+    proposed.timestamp = now_utc()  # under the lock: history order is commit order
+    context = FlowOrchestrationContext(
+        session=session,
+        run=run,
+        initial_state=locked_current_state(session, run),
+        proposed_state=proposed,
+        parameters=dict(orchestration_parameters or {}),
+        client_version=client_version,
+    )
+    policy = MinimalFlowPolicy if force or flow_policy is None else flow_policy
+    return orchestrate(context, policy, GlobalFlowPolicy)
 
 
 def cleanup_flow_run_concurrency_slots(session: Session, flow_run: Any) -> None:
-    """Release the slot the run holds, if any; idempotent, and safe when the run is gone."""
-    raise NotImplementedError  # body owned by the orchestration work
+    """Release the slot the run holds, if any; idempotent, and safe when the run is gone.
+
+    `flow_run` is the ORM run, a schema with `.id`, or the run's id. The holding record is the
+    proof of acquisition: a run that never secured a slot releases nothing.
+    """
+    from models.concurrency_slots import release_flow_run_slots
+
+    release_flow_run_slots(session, getattr(flow_run, "id", flow_run))

@@ -59,5 +59,40 @@ def read_task_run(session: Session, task_run_id: uuid.UUID) -> orm.TaskRun | Non
     return session.get(orm.TaskRun, task_run_id)
 
 
-def set_task_run_state(*args: Any, **kwargs: Any) -> Any:  # replaced by the orchestration work
-    raise NotImplementedError
+def set_task_run_state(
+    session: Session,
+    task_run_id: uuid.UUID,
+    state: Any,
+    force: bool = False,
+    task_policy: Any = None,
+    orchestration_parameters: dict[str, Any] | None = None,
+) -> Any:
+    """Propose a state for the task run under its row lock; returns an `OrchestrationResult`.
+
+    `state` is a `State`, `StateCreate` or dict; its timestamp is taken once the lock is held.
+    The minimal task policy applies when `force` is set or no policy is given; the global task
+    transforms keep the run's times and counts. Raises `ObjectNotFoundError` for an unknown id.
+    """
+    from orchestration.context import TaskOrchestrationContext, locked_current_state, proposed_state_from
+    from orchestration.engine import orchestrate
+    from orchestration.task_policy import GlobalTaskPolicy, MinimalTaskPolicy
+
+    proposed = proposed_state_from(state)
+    run = session.execute(
+        sa.select(orm.TaskRun)
+        .where(orm.TaskRun.id == task_run_id)
+        .with_for_update(of=orm.TaskRun)
+        .execution_options(populate_existing=True)
+    ).unique().scalar_one_or_none()
+    if run is None:
+        raise ObjectNotFoundError(f"task_run_id: no task run with id {task_run_id}")
+    proposed.timestamp = now_utc()  # under the lock: history order is commit order
+    context = TaskOrchestrationContext(
+        session=session,
+        run=run,
+        initial_state=locked_current_state(session, run),
+        proposed_state=proposed,
+        parameters=dict(orchestration_parameters or {}),
+    )
+    policy = MinimalTaskPolicy if force or task_policy is None else task_policy
+    return orchestrate(context, policy, GlobalTaskPolicy)

@@ -1,0 +1,183 @@
+"""Deployment concurrency slots, counted exactly through holding records.
+
+A run holds a slot of a limit while a `SlotHolding` row (limit id, run id) exists; the row's
+id is the lease id stamped on the run's state. Acquiring increments the limit and inserts the
+row in the caller's transaction; releasing deletes the row and decrements only the limits whose
+row was actually deleted. So a release is idempotent, a run that never acquired releases
+nothing, and at every commit `active_slots == holding records <= limit`.
+
+Lock order everywhere: the run row (held by the caller), then the limit row.
+"""
+
+import dataclasses
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from models import orm
+from models.database import dialect_name
+from models.schemas.states import ACTIVE_STATES
+from models.types import now_utc
+
+logger = logging.getLogger(__name__)
+
+Limit = orm.ConcurrencyLimit
+Holding = orm.SlotHolding
+
+
+def acquire_slot(session: Session, limit_id: uuid.UUID, flow_run_id: uuid.UUID) -> uuid.UUID | None:
+    """Take one slot of the limit for the run; the holding (lease) id, or None when none is free.
+
+    An inactive limit behaves as full. The caller makes sure the run holds no slot of this
+    limit yet (a second holding would break the unique pair and fail the transaction).
+    """
+    taken = session.execute(
+        sa.update(Limit)
+        .where(Limit.id == limit_id, Limit.active, Limit.active_slots + 1 <= Limit.limit)
+        .values(active_slots=Limit.active_slots + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if taken.rowcount != 1:
+        return None
+    holding_id = uuid.uuid4()
+    session.execute(
+        sa.insert(Holding).values(
+            id=holding_id, concurrency_limit_id=limit_id, flow_run_id=flow_run_id, acquired_at=now_utc()
+        )
+    )
+    return holding_id
+
+
+def release_slot(session: Session, holding_id: uuid.UUID) -> bool:
+    """Give back the slot of one holding; False if it was already released."""
+    return _release(session, Holding.id == holding_id) > 0
+
+
+def release_flow_run_slots(session: Session, flow_run_id: uuid.UUID) -> int:
+    """Give back every slot the run holds; how many. Idempotent; works when the run is gone."""
+    return _release(session, Holding.flow_run_id == flow_run_id)
+
+
+def holding_for(session: Session, flow_run_id: uuid.UUID, limit_id: uuid.UUID) -> uuid.UUID | None:
+    """The id of the run's holding of the limit, if it holds a slot of it."""
+    return session.execute(
+        sa.select(Holding.id).where(
+            Holding.flow_run_id == flow_run_id, Holding.concurrency_limit_id == limit_id
+        )
+    ).scalar_one_or_none()
+
+
+def holds_slot(session: Session, flow_run_id: uuid.UUID, limit_id: uuid.UUID | None = None) -> bool:
+    """Whether the run holds a slot (of the given limit, or of any)."""
+    statement = sa.select(Holding.id).where(Holding.flow_run_id == flow_run_id)
+    if limit_id is not None:
+        statement = statement.where(Holding.concurrency_limit_id == limit_id)
+    return session.execute(statement.limit(1)).first() is not None
+
+
+def _release(session: Session, which: sa.ColumnElement[bool]) -> int:
+    """Delete the matching holdings, then decrement the limits of those actually deleted."""
+    if dialect_name(session) == "sqlite":
+        # SQLite transactions hold the database write lock (BEGIN IMMEDIATE): no one can
+        # delete the rows between the two statements.
+        rows = session.execute(sa.select(Holding.id, Holding.concurrency_limit_id).where(which)).all()
+        if not rows:
+            return 0
+        session.execute(
+            sa.delete(Holding)
+            .where(Holding.id.in_([row.id for row in rows]))
+            .execution_options(synchronize_session=False)
+        )
+        limit_ids = [row.concurrency_limit_id for row in rows]
+    else:
+        limit_ids = list(
+            session.execute(
+                sa.delete(Holding)
+                .where(which)
+                .returning(Holding.concurrency_limit_id)
+                .execution_options(synchronize_session=False)
+            ).scalars()
+        )
+    _decrement(session, limit_ids)
+    return len(limit_ids)
+
+
+def _decrement(session: Session, limit_ids: Iterable[uuid.UUID]) -> None:
+    """One slot off each limit per id given, never below zero (active or not: counts stay exact)."""
+    for count, ids in _group_by_count(limit_ids).items():
+        session.execute(
+            sa.update(Limit)
+            .where(Limit.id.in_(ids))
+            .values(active_slots=sa.case((Limit.active_slots > count, Limit.active_slots - count), else_=0))
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _group_by_count(limit_ids: Iterable[uuid.UUID]) -> dict[int, list[uuid.UUID]]:
+    groups: dict[int, list[uuid.UUID]] = {}
+    for limit_id, count in Counter(limit_ids).items():
+        groups.setdefault(count, []).append(limit_id)
+    return groups
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconcileReport:
+    """What `reconcile` fixed: stale holdings released, limits whose count was wrong, by how much."""
+
+    holdings_released: int = 0
+    limits_corrected: int = 0
+    slots_adjusted: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def reconcile(session: Session) -> ReconcileReport:
+    """Repair drift: drop holdings of runs that are gone or no longer active, then set every
+    deployment limit's `active_slots` to its number of holding records. Logs what it fixed.
+    """
+    active_run = sa.exists().where(
+        orm.FlowRun.id == Holding.flow_run_id, orm.FlowRun.state_type.in_(ACTIVE_STATES)
+    )
+    stale = session.execute(sa.select(Holding.id).where(~active_run)).scalars().all()
+    if stale:
+        session.execute(
+            sa.delete(Holding).where(Holding.id.in_(stale)).execution_options(synchronize_session=False)
+        )
+
+    # Lock the limits (in id order) before counting: a concurrent acquire or release then
+    # either committed before our count or waits until we commit.
+    counted = sa.or_(
+        Limit.id.in_(sa.select(orm.Deployment.concurrency_limit_id)),
+        Limit.id.in_(sa.select(Holding.concurrency_limit_id)),
+    )
+    limits = session.execute(
+        sa.select(Limit.id, Limit.active_slots).where(counted).order_by(Limit.id).with_for_update()
+    ).all()
+    held = dict(
+        session.execute(
+            sa.select(Holding.concurrency_limit_id, sa.func.count()).group_by(Holding.concurrency_limit_id)
+        ).all()
+    )
+    corrected = adjusted = 0
+    for limit_id, active_slots in limits:
+        actual = held.get(limit_id, 0)
+        if active_slots != actual:
+            session.execute(
+                sa.update(Limit)
+                .where(Limit.id == limit_id)
+                .values(active_slots=actual)
+                .execution_options(synchronize_session=False)
+            )
+            corrected += 1
+            adjusted += abs(active_slots - actual)
+            logger.warning(
+                "limit %s counted %d active slots, holds %d: corrected", limit_id, active_slots, actual
+            )
+    if stale:
+        logger.warning("released %d slot holdings of runs that are gone or no longer active", len(stale))
+    return ReconcileReport(holdings_released=len(stale), limits_corrected=corrected, slots_adjusted=adjusted)

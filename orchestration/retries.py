@@ -1,0 +1,53 @@
+"""Retries: a failing run with retries left is rescheduled instead of failed."""
+
+import datetime
+
+import sqlalchemy as sa
+
+from models import orm
+from models.schemas.states import AwaitingRetry, State, StateType
+from models.types import now_utc
+from orchestration.context import FlowOrchestrationContext, update_run_policy
+from orchestration.rules import OrchestrationRule
+
+
+class RetryFailedFlows(OrchestrationRule[FlowOrchestrationContext]):
+    """RUNNING -> FAILED with retries left becomes AwaitingRetry at now + `retry_delay`, keeping
+    the failure's message and data. `run_count` counts entries into RUNNING, so `retries = N`
+    allows N + 1 attempts. Once exhausted the failure stands."""
+
+    FROM_STATES = frozenset({StateType.RUNNING})
+    TO_STATES = frozenset({StateType.FAILED})
+
+    def before_transition(
+        self, initial_state: State | None, proposed_state: State | None, context: FlowOrchestrationContext
+    ) -> None:
+        if initial_state is None or proposed_state is None:
+            return
+        run, policy = context.run, context.run.empirical_policy
+        if policy.retries is None or run.run_count > policy.retries:
+            update_run_policy(run, retry_type=None)
+            return
+        retry_at = now_utc() + datetime.timedelta(seconds=policy.retry_delay or 0)
+        if not context.api_version_at_least("0.8.3"):
+            _reschedule_failed_task_runs(context, retry_at)
+        if context.api_version_at_least("0.8.4"):
+            update_run_policy(run, resuming=False, pause_keys=set(), retry_type="in_process")
+        retry = AwaitingRetry(
+            scheduled_time=retry_at, message=proposed_state.message, data=proposed_state.data
+        )
+        self.reject_transition(retry, "Retrying")
+
+
+def _reschedule_failed_task_runs(context: FlowOrchestrationContext, retry_at: datetime.datetime) -> None:
+    """Clients older than api 0.8.3 retry a flow's failed task runs through the server."""
+    from models.task_runs import set_task_run_state  # the model layer imports this package
+
+    failed = context.session.execute(
+        sa.select(orm.TaskRun).where(
+            orm.TaskRun.flow_run_id == context.run.id, orm.TaskRun.state_type == StateType.FAILED
+        )
+    ).scalars()
+    for task_run in failed.all():
+        set_task_run_state(context.session, task_run.id, AwaitingRetry(scheduled_time=retry_at), force=True)
+        task_run.run_count = 0

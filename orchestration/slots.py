@@ -1,0 +1,202 @@
+"""Deployment concurrency: securing a slot before a run is submitted or starts, and releasing it.
+
+The slot a run holds is its `SlotHolding` row (see `models.concurrency_slots`); its id is the
+lease id put on the run's states. Acquisition and release happen in the transition's own
+transaction, so they commit or roll back with the state. A rule that acquired and is then
+overruled by a later rule releases in `cleanup`.
+
+Deviations from Prefect, on purpose: there is no lease store (nothing expires or is renewed, so
+client versions do not matter for leases); a run entering RUNNING without a slot must secure
+one; release deletes the run's holding and never decrements blindly.
+"""
+
+import datetime
+import uuid
+
+from models.concurrency_slots import acquire_slot, release_flow_run_slots, release_slot
+from models.schemas.core import ConcurrencyLimitStrategy
+from models.schemas.states import (
+    ACTIVE_STATES,
+    AwaitingConcurrencySlot,
+    Cancelled,
+    State,
+    StateType,
+)
+from models.settings import get_settings
+from models.types import now_utc
+from orchestration.context import DeploymentSlot, FlowOrchestrationContext
+from orchestration.rules import ALL_ORCHESTRATION_STATES, OrchestrationRule, UniversalTransform
+
+WORKER_VERSIONS_THAT_MANAGE_DEPLOYMENT_CONCURRENCY = frozenset(
+    {"3.0.0rc20", "3.0.0", "3.0.1", "3.0.2", "3.0.3"}
+)
+LIMIT_REACHED = "Deployment concurrency limit reached."
+SLOT_LOST_MESSAGE = (
+    "Deployment concurrency slot lost during provisioning - no slots available to continue execution"
+)
+
+
+def collision_outcome(slot: DeploymentSlot) -> State:
+    """What a run gets when its deployment's limit is full: wait in line (ENQUEUE, the default)
+    or be cancelled (CANCEL_NEW)."""
+    if slot.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW:
+        return Cancelled(message=LIMIT_REACHED)
+    wait = datetime.timedelta(seconds=get_settings().concurrency_slot_wait_seconds)
+    return AwaitingConcurrencySlot(scheduled_time=now_utc() + wait)
+
+
+class PreserveDeploymentConcurrencyLeaseId(UniversalTransform[FlowOrchestrationContext]):
+    """Clients send an explicit null lease id; the current state's id is carried forward."""
+
+    def before_transition(self, context: FlowOrchestrationContext) -> None:
+        if context.initial_state is None or context.proposed_state is None:
+            return
+        lease_id = context.initial_state.state_details.deployment_concurrency_lease_id
+        details = context.proposed_state.state_details
+        if lease_id is not None and details.deployment_concurrency_lease_id is None:
+            details.deployment_concurrency_lease_id = lease_id
+
+
+class _SlotRule(OrchestrationRule[FlowOrchestrationContext]):
+    """A rule that may take a slot: it gives the slot back if a later rule overrules it."""
+
+    acquired: uuid.UUID | None = None
+
+    def secure_slot(self, proposed_state: State, context: FlowOrchestrationContext) -> bool | None:
+        """Make sure the run holds a slot of its deployment's limit, stamping the holding id on
+        the proposal. True: holds one; False: none free; None: the deployment has no limit."""
+        slot = context.deployment_slot()
+        if slot.limit_id is None:
+            return None
+        holding_id = slot.holding_id
+        if holding_id is None:
+            holding_id = self.acquired = acquire_slot(context.session, slot.limit_id, context.run.id)
+            context.remember_holding(holding_id)
+        if holding_id is None:
+            return False
+        proposed_state.state_details.deployment_concurrency_lease_id = holding_id
+        return True
+
+    def cleanup(
+        self, initial_state: State | None, validated_state: State | None, context: FlowOrchestrationContext
+    ) -> None:
+        if self.acquired is not None:
+            release_slot(context.session, self.acquired)
+            context.remember_holding(None)
+            self.acquired = None
+
+
+class SecureFlowConcurrencySlots(_SlotRule):
+    """A deployment run is submitted (-> PENDING) only with a slot of its deployment's limit.
+    When none is free: ENQUEUE waits as AwaitingConcurrencySlot, CANCEL_NEW cancels the run.
+    A missing deployment aborts (Prefect's behaviour, kept: such a run cannot be submitted)."""
+
+    FROM_STATES = ALL_ORCHESTRATION_STATES - ACTIVE_STATES
+    TO_STATES = frozenset({StateType.PENDING})
+
+    def before_transition(
+        self, initial_state: State | None, proposed_state: State | None, context: FlowOrchestrationContext
+    ) -> None:
+        if (
+            proposed_state is None
+            or context.run.deployment_id is None
+            or context.client_version in WORKER_VERSIONS_THAT_MANAGE_DEPLOYMENT_CONCURRENCY
+        ):
+            return
+        slot = context.deployment_slot()
+        if not slot.found:
+            self.abort_transition("Deployment not found.")
+            return
+        if slot.limit_id is not None and slot.limit == 0:
+            self.abort_transition(
+                "The deployment concurrency limit is 0. The flow will deadlock if submitted again."
+            )
+            return
+        if self.secure_slot(proposed_state, context) is False:
+            self.reject_transition(collision_outcome(slot), LIMIT_REACHED)
+
+
+class ValidateDeploymentConcurrencyAtRunning(_SlotRule):
+    """PENDING -> RUNNING keeps the slot taken at submission. A run that reached PENDING without
+    one (forced) must take one now; if none is free its infrastructure is already up, so it is
+    cancelled rather than rescheduled."""
+
+    FROM_STATES = frozenset({StateType.PENDING})
+    TO_STATES = frozenset({StateType.RUNNING})
+
+    def before_transition(
+        self, initial_state: State | None, proposed_state: State | None, context: FlowOrchestrationContext
+    ) -> None:
+        if initial_state is None or proposed_state is None:
+            return
+        lease_id = initial_state.state_details.deployment_concurrency_lease_id
+        proposed_state.state_details.deployment_concurrency_lease_id = lease_id
+        if (
+            context.run.deployment_id is None
+            or context.client_version in WORKER_VERSIONS_THAT_MANAGE_DEPLOYMENT_CONCURRENCY
+        ):
+            return
+        if self.secure_slot(proposed_state, context) is False:
+            self.reject_transition(
+                Cancelled(message=SLOT_LOST_MESSAGE),
+                "Deployment concurrency limit reached after lease expiry.",
+            )
+
+
+class SecureFlowConcurrencySlotsAtRunning(_SlotRule):
+    """A deployment run starting (-> RUNNING) from anything but PENDING, RUNNING or CANCELLING
+    (an in-process retry from AwaitingRetry, a resume from PAUSED, a rerun) gave its slot back
+    when it left the active states, so it must take one again. When none is free the collision
+    strategy applies, as at submission. (Prefect lets such runs start outside the limit.)"""
+
+    FROM_STATES = ALL_ORCHESTRATION_STATES - ACTIVE_STATES
+    TO_STATES = frozenset({StateType.RUNNING})
+
+    def before_transition(
+        self, initial_state: State | None, proposed_state: State | None, context: FlowOrchestrationContext
+    ) -> None:
+        if (
+            proposed_state is None
+            or context.run.deployment_id is None
+            or context.client_version in WORKER_VERSIONS_THAT_MANAGE_DEPLOYMENT_CONCURRENCY
+        ):
+            return
+        if self.secure_slot(proposed_state, context) is False:
+            self.reject_transition(collision_outcome(context.deployment_slot()), LIMIT_REACHED)
+
+
+class ReleaseFlowConcurrencySlots(UniversalTransform[FlowOrchestrationContext]):
+    """Leaving the active states (PENDING, RUNNING, CANCELLING) for any other, as finally
+    decided (so RUNNING -> FAILED rejected into AwaitingRetry releases too), gives back the slot
+    the run holds, if it holds one. Runs under every flow policy, forced transitions included."""
+
+    def after_transition(self, context: FlowOrchestrationContext) -> None:
+        if self.nullified_transition() or context.run.deployment_id is None:
+            return
+        if context.initial_state_type in ACTIVE_STATES and context.proposed_state_type not in ACTIVE_STATES:
+            release_flow_run_slots(context.session, context.run.id)
+
+
+class EnforceDeploymentConcurrencyOnLate(OrchestrationRule[FlowOrchestrationContext]):
+    """A run about to be marked Late on a full CANCEL_NEW deployment is cancelled instead."""
+
+    FROM_STATES = frozenset({StateType.SCHEDULED})
+    TO_STATES = frozenset({StateType.SCHEDULED})
+
+    def before_transition(
+        self, initial_state: State | None, proposed_state: State | None, context: FlowOrchestrationContext
+    ) -> None:
+        if initial_state is None or proposed_state is None or proposed_state.name != "Late":
+            return
+        if context.run.deployment_id is None:
+            return
+        slot = context.deployment_slot()
+        if slot.limit_id is None or slot.concurrency_options is None:
+            return
+        if slot.collision_strategy != ConcurrencyLimitStrategy.CANCEL_NEW:
+            return
+        if slot.active_slots >= slot.limit:
+            self.reject_transition(
+                Cancelled(message=LIMIT_REACHED),
+                "Deployment concurrency limit is full and uses the CANCEL_NEW strategy.",
+            )
