@@ -4,6 +4,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+# Before any flowruns module builds its Celery app: in-process task bodies publish follow-ups to an
+# in-memory broker, never to a developer's Redis. Integration tests give their worker explicit URLs.
+os.environ["FLOWRUNS_BROKER_URL"] = "memory://"
+os.environ["FLOWRUNS_RESULT_BACKEND"] = "cache+memory://"
+
 import pytest
 from sqlalchemy.orm import Session
 
