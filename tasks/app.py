@@ -1,0 +1,72 @@
+"""The Celery application, configured from the one settings object.
+
+Reliability baseline (docs/ECOSYSTEM-NOTES.md sections 1 and 7): JSON only, late acks with
+rejection on worker loss, one reserved message per process, the Redis visibility timeout set in
+all three places, and task events on so Flower sees every task by name.
+"""
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from models.database import dispose_engines
+from models.settings import Settings, get_settings
+from tasks.beat import beat_schedule
+
+RESULT_EXPIRES_SECONDS = 24 * 3600
+"""How long a result stays readable in the backend (a producer re-sends well within this)."""
+
+SOFT_SHUTDOWN_SECONDS = 10.0
+"""On a stop signal, running tasks get this long to finish before their messages are re-queued."""
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings for `settings` (a plain dict, so tests can inspect it)."""
+    transport_options = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_default_queue": settings.task_queue,
+        # JSON only: a pickle message is refused before anything runs.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # At least once: ack after the task returned; a killed worker's message is delivered again.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_soft_shutdown_timeout": SOFT_SHUTDOWN_SECONDS,
+        "broker_connection_retry_on_startup": True,
+        # Kombu reads the timeout from each place separately; keep them equal.
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": transport_options,
+        "visibility_timeout": settings.visibility_timeout,
+        # Monitoring: task events (sent, received, started, ...), and name and kwargs kept with the result.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "result_extended": True,
+        "result_expires": RESULT_EXPIRES_SECONDS,
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """A Celery app configured from `settings` (the environment's by default) with the beat schedule."""
+    settings = settings or get_settings()
+    app = Celery("flowruns")
+    app.conf.update(celery_config(settings), beat_schedule=beat_schedule(settings))
+    return app
+
+
+app = create_app()
+
+
+@worker_process_init.connect
+def _dispose_engines_after_fork(**_: Any) -> None:
+    """A forked pool process must not share its parent's pooled database connections."""
+    dispose_engines()

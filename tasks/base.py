@@ -1,0 +1,179 @@
+"""The one adapter every task goes through.
+
+kwargs --validate--> pydantic body --> one model call inside `unit_of_work()` (with the inbox for
+state-changing tasks) --> JSON --> after commit, follow-up tasks.
+
+Errors travel as the task's FAILURE: `ObjectNotFoundError` and `ValidationError` at once (one
+message argument, so Celery's JSON result carries `exc_type` and `exc_message`); a lost database
+or broker connection is retried with capped exponential backoff and full jitter.
+"""
+
+import dataclasses
+import itertools
+import logging
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import kombu.exceptions
+import psycopg
+import pydantic
+import pydantic_core
+import redis.exceptions
+from celery import Task
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from models import requests
+from models.database import unit_of_work
+from models.errors import FlowRunGraphTooLarge, ObjectNotFoundError, ValidationError
+from models.settings import get_settings
+from tasks.app import app
+
+logger = logging.getLogger(__name__)
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    psycopg.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+"""Transient failures: the task is retried (same task id, so the inbox still holds)."""
+
+BACKOFF_BASE_SECONDS = 1.0
+"""The first retry waits up to this long; each further retry doubles the bound."""
+
+INBOX_RACE_RERUNS = 2
+"""How often a unit that lost an inbox race at commit runs again to find the winner's record."""
+
+FOLLOW_UP_NAMESPACE = uuid.UUID("5b0c64f2-3f0c-4d34-9a8c-0c8f6f0e7a11")
+"""Follow-up task ids are UUIDv5 in this namespace, so a replay re-sends the same ids."""
+
+
+class FollowUp(NamedTuple):
+    """A task to enqueue once the transaction that called for it has committed."""
+
+    name: str
+    kwargs: dict[str, Any]
+    task_id: str
+
+
+Handler = Callable[[Session, Any, str], Any]
+FollowUps = Callable[[Any, Any, str], Sequence[FollowUp]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    body: type[pydantic.BaseModel]
+    handler: Handler
+    recorded: bool
+    follow_ups: FollowUps | None = None
+
+
+def retry_countdown(retries: int, cap_seconds: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**retries)]."""
+    return random.uniform(0, min(cap_seconds, BACKOFF_BASE_SECONDS * 2**retries))
+
+
+def follow_up_id(task_id: str, name: str) -> str:
+    """The deterministic id of the `name` follow-up of `task_id`."""
+    return str(uuid.uuid5(FOLLOW_UP_NAMESPACE, f"{task_id}:{name}"))
+
+
+def parse_body(model: type[pydantic.BaseModel], kwargs: dict[str, Any]) -> pydantic.BaseModel:
+    """Validate the task's kwargs; any error names its field path (`flow_run.state.type: ...`)."""
+    try:
+        return model.model_validate(kwargs)
+    except pydantic.ValidationError as error:
+        raise ValidationError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: pydantic.ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in detail['loc']) or 'kwargs'}: {detail['msg']}"
+        for detail in error.errors(include_url=False)
+    )
+
+
+def to_json(value: Any) -> Any:
+    """A model function's result as JSON: pydantic models dumped in JSON mode, durations as seconds."""
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [to_json(item) for item in value]
+    return pydantic_core.to_jsonable_python(value, timedelta_mode="float")
+
+
+def run_unit(spec: TaskSpec, body: Any, task_id: str) -> Any:
+    """Run the handler in one transaction; a recorded task returns its earlier outcome instead."""
+    for attempt in itertools.count(1):
+        try:
+            with unit_of_work() as session:
+                if spec.recorded and (seen := requests.claim(session, task_id, spec.name)) is not None:
+                    logger.info("%s[%s] already processed; returning the recorded outcome", spec.name, task_id)
+                    return seen.outcome
+                outcome = to_json(spec.handler(session, body, task_id))
+                if spec.recorded:
+                    requests.record_outcome(session, task_id, spec.name, outcome)
+            return outcome
+        except sa_exc.IntegrityError:
+            if not spec.recorded or attempt > INBOX_RACE_RERUNS:
+                raise
+            logger.info("%s[%s] lost a race to a copy of itself; running again", spec.name, task_id)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def send_follow_ups(task: Task, follow_ups: Sequence[FollowUp]) -> None:
+    for follow_up in follow_ups:
+        task.app.send_task(follow_up.name, kwargs=follow_up.kwargs, task_id=follow_up.task_id)
+
+
+class FlowrunsTask(Task):
+    """Base of every flowruns task: the errors that fail at once are expected, not crashes."""
+
+    throws = (ObjectNotFoundError, ValidationError, FlowRunGraphTooLarge)
+    typing = False
+    spec: TaskSpec
+
+    def perform(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if args:
+            raise ValidationError("args: positional arguments are not accepted; send keyword arguments")
+        body = parse_body(self.spec.body, kwargs)
+        task_id = self.request.id or str(uuid.uuid4())
+        settings = get_settings()
+        try:
+            outcome = run_unit(self.spec, body, task_id)
+            if self.spec.follow_ups is not None:
+                send_follow_ups(self, self.spec.follow_ups(body, outcome, task_id))
+        except CONNECTION_ERRORS as error:
+            countdown = retry_countdown(self.request.retries, settings.task_retry_backoff_max_seconds)
+            logger.warning("%s[%s] lost a connection (%s); retrying in %.1fs", self.name, task_id, error, countdown)
+            raise self.retry(exc=error, countdown=countdown, max_retries=settings.task_max_retries) from error
+        return outcome
+
+
+def flowruns_task(
+    name: str, body: type[pydantic.BaseModel], *, recorded: bool, follow_ups: FollowUps | None = None
+) -> Callable[[Handler], Task]:
+    """Register `handler(session, body, task_id)` as the Celery task `name`.
+
+    `recorded` tasks change state: their task id goes into the inbox with their outcome.
+    """
+
+    def register(handler: Handler) -> Task:
+        spec = TaskSpec(name=name, body=body, handler=handler, recorded=recorded, follow_ups=follow_ups)
+
+        def run(self: FlowrunsTask, *args: Any, **kwargs: Any) -> Any:
+            return self.perform(args, kwargs)
+
+        run.__doc__ = handler.__doc__
+        run.__module__ = handler.__module__
+        run.__name__ = run.__qualname__ = handler.__name__
+        return app.task(run, name=name, bind=True, base=FlowrunsTask, spec=spec)  # type: ignore[no-any-return]
+
+    return register

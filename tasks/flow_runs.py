@@ -1,0 +1,182 @@
+"""The `flow_runs.*` tasks: thin adapters over `models.flow_runs`."""
+
+import uuid
+from typing import Any
+
+from pydantic import Field, field_validator
+from sqlalchemy.orm import Session
+
+from models import flow_runs
+from models.errors import ObjectNotFoundError
+from models.schemas.actions import FlowRunCreate, FlowRunUpdate, StateCreate
+from models.schemas.base import ActionModel, DateTime
+from models.schemas.filters import (
+    DeploymentFilter,
+    FlowFilter,
+    FlowRunFilter,
+    TaskRunFilter,
+    WorkPoolFilter,
+    WorkQueueFilter,
+)
+from models.schemas.graph import Graph
+from models.schemas.responses import DependencyResult, FlowRunResponse, OrchestrationResult, SetStateStatus
+from models.schemas.sorting import FlowRunSort
+from models.schemas.states import TERMINAL_STATES, StateType
+from models.settings import get_settings
+from orchestration import CoreFlowPolicy
+from tasks.base import FollowUp, flowruns_task, follow_up_id
+
+CLEANUP = "flow_runs.cleanup_flow_run_concurrency_slots"
+TRANSITION_ID_NAMESPACE = uuid.UUID("0f3a4c1e-8d2b-4b6e-9a57-3c1d2e4f5a60")
+"""A task id that is not a UUID becomes a transition id by UUIDv5 in this namespace."""
+
+
+class FlowRunId(ActionModel):
+    flow_run_id: uuid.UUID
+
+
+class CreateFlowRun(ActionModel):
+    flow_run: FlowRunCreate
+
+
+class UpdateFlowRun(ActionModel):
+    flow_run_id: uuid.UUID
+    flow_run: FlowRunUpdate
+
+
+class SetFlowRunState(ActionModel):
+    flow_run_id: uuid.UUID
+    state: StateCreate
+    force: bool = False
+
+
+class CountFlowRuns(ActionModel):
+    flow_filter: FlowFilter | None = None
+    flow_run_filter: FlowRunFilter | None = None
+    task_run_filter: TaskRunFilter | None = None
+    deployment_filter: DeploymentFilter | None = None
+    work_pool_filter: WorkPoolFilter | None = None
+    work_queue_filter: WorkQueueFilter | None = None
+
+
+class ReadFlowRuns(CountFlowRuns):
+    offset: int = Field(default=0, ge=0)
+    limit: int | None = Field(default=None, validate_default=True)
+    sort: FlowRunSort = FlowRunSort.ID_DESC
+
+    @field_validator("limit")
+    @classmethod
+    def _at_most_one_page(cls, limit: int | None) -> int:
+        """Prefect's API: at most (and by default) `api_default_limit` runs per call."""
+        maximum = get_settings().api_default_limit
+        if limit is None:
+            return maximum
+        if not 0 <= limit <= maximum:
+            raise ValueError(f"must be between 0 and {maximum}")
+        return limit
+
+
+class ReadFlowRunGraph(FlowRunId):
+    since: DateTime | None = None
+
+
+def cleanup_follow_up(flow_run_id: uuid.UUID, task_id: str) -> list[FollowUp]:
+    """After a run left its slot-holding states: release whatever it still holds (idempotent)."""
+    return [FollowUp(CLEANUP, {"flow_run_id": str(flow_run_id)}, follow_up_id(task_id, CLEANUP))]
+
+
+def _after_set_state(body: SetFlowRunState, outcome: dict[str, Any], task_id: str) -> list[FollowUp]:
+    state = outcome.get("state") or {}
+    if outcome["status"] == SetStateStatus.ACCEPT.value and state.get("type") in TERMINAL_STATES:
+        return cleanup_follow_up(body.flow_run_id, task_id)
+    return []
+
+
+def _after_delete(body: FlowRunId, deleted: bool, task_id: str) -> list[FollowUp]:
+    return cleanup_follow_up(body.flow_run_id, task_id) if deleted else []
+
+
+def transition_id_for(task_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(task_id)
+    except ValueError:
+        return uuid.uuid5(TRANSITION_ID_NAMESPACE, task_id)
+
+
+@flowruns_task("flow_runs.create_flow_run", CreateFlowRun, recorded=True)
+def create_flow_run(session: Session, body: CreateFlowRun, task_id: str) -> FlowRunResponse:
+    """Create a run; without a state it starts PENDING, forced (as the REST endpoint)."""
+    flow_run = body.flow_run
+    if flow_run.state is None:
+        flow_run = flow_run.model_copy(update={"state": StateCreate(type=StateType.PENDING)})
+    run = flow_runs.create_flow_run(session, flow_run)
+    return FlowRunResponse.from_orm_run(run)
+
+
+@flowruns_task("flow_runs.read_flow_run", FlowRunId, recorded=False)
+def read_flow_run(session: Session, body: FlowRunId, task_id: str) -> FlowRunResponse:
+    run = flow_runs.read_flow_run(session, body.flow_run_id)
+    if run is None:
+        raise ObjectNotFoundError(f"flow_run_id: no flow run with id {body.flow_run_id}")
+    return FlowRunResponse.from_orm_run(run)
+
+
+@flowruns_task("flow_runs.read_flow_runs", ReadFlowRuns, recorded=False)
+def read_flow_runs(session: Session, body: ReadFlowRuns, task_id: str) -> list[FlowRunResponse]:
+    runs = flow_runs.read_flow_runs(
+        session, **_filters(body), offset=body.offset, limit=body.limit, sort=body.sort
+    )
+    return [FlowRunResponse.from_orm_run(run) for run in runs]
+
+
+@flowruns_task("flow_runs.count_flow_runs", CountFlowRuns, recorded=False)
+def count_flow_runs(session: Session, body: CountFlowRuns, task_id: str) -> int:
+    return flow_runs.count_flow_runs(session, **_filters(body))
+
+
+@flowruns_task("flow_runs.update_flow_run", UpdateFlowRun, recorded=True)
+def update_flow_run(session: Session, body: UpdateFlowRun, task_id: str) -> bool:
+    """Write the fields the request set; false for an unknown run."""
+    return flow_runs.update_flow_run(session, body.flow_run_id, body.flow_run)
+
+
+@flowruns_task("flow_runs.set_flow_run_state", SetFlowRunState, recorded=True, follow_ups=_after_set_state)
+def set_flow_run_state(session: Session, body: SetFlowRunState, task_id: str) -> OrchestrationResult:
+    """Propose the state through the core policy (minimal when forced); the task id is the
+    transition id unless the request carries one."""
+    state = body.state
+    if state.state_details.transition_id is None:
+        details = state.state_details.model_copy(update={"transition_id": transition_id_for(task_id)})
+        state = state.model_copy(update={"state_details": details})
+    return flow_runs.set_flow_run_state(
+        session, body.flow_run_id, state, force=body.force, flow_policy=None if body.force else CoreFlowPolicy
+    )
+
+
+@flowruns_task("flow_runs.delete_flow_run", FlowRunId, recorded=True, follow_ups=_after_delete)
+def delete_flow_run(session: Session, body: FlowRunId, task_id: str) -> bool:
+    """Delete the run (releasing its slot); false for an unknown run."""
+    return flow_runs.delete_flow_run(session, body.flow_run_id)
+
+
+@flowruns_task(CLEANUP, FlowRunId, recorded=True)
+def cleanup_flow_run_concurrency_slots(session: Session, body: FlowRunId, task_id: str) -> None:
+    """Release the slot the run holds, if any; a no-op for a run that holds none or is gone."""
+    flow_runs.cleanup_flow_run_concurrency_slots(session, body.flow_run_id)
+
+
+@flowruns_task("flow_runs.read_task_run_dependencies", FlowRunId, recorded=False)
+def read_task_run_dependencies(session: Session, body: FlowRunId, task_id: str) -> list[DependencyResult]:
+    return flow_runs.read_task_run_dependencies(session, body.flow_run_id)
+
+
+@flowruns_task("flow_runs.read_flow_run_graph", ReadFlowRunGraph, recorded=False)
+def read_flow_run_graph(session: Session, body: ReadFlowRunGraph, task_id: str) -> Graph:
+    if body.since is None:
+        return flow_runs.read_flow_run_graph(session, body.flow_run_id)
+    return flow_runs.read_flow_run_graph(session, body.flow_run_id, since=body.since)
+
+
+def _filters(body: CountFlowRuns) -> dict[str, Any]:
+    """The filter objects of the request, as the model functions take them."""
+    return {name: getattr(body, name) for name in CountFlowRuns.model_fields}

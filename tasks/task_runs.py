@@ -1,0 +1,34 @@
+"""The `task_runs.*` tasks."""
+
+import uuid
+
+from sqlalchemy.orm import Session
+
+from models import task_runs
+from models.schemas.actions import StateCreate, TaskRunCreate
+from models.schemas.base import ActionModel
+from models.schemas.core import TaskRun
+from models.schemas.responses import OrchestrationResult
+from tasks.base import flowruns_task
+
+
+class CreateTaskRun(ActionModel):
+    task_run: TaskRunCreate
+
+
+class SetTaskRunState(ActionModel):
+    task_run_id: uuid.UUID
+    state: StateCreate
+    force: bool = False
+
+
+@flowruns_task("task_runs.create_task_run", CreateTaskRun, recorded=True)
+def create_task_run(session: Session, body: CreateTaskRun, task_id: str) -> TaskRun:
+    """Create the task run, or return the one with the same flow run, task key and dynamic key."""
+    return TaskRun.model_validate(task_runs.create_task_run(session, body.task_run))
+
+
+@flowruns_task("task_runs.set_task_run_state", SetTaskRunState, recorded=True)
+def set_task_run_state(session: Session, body: SetTaskRunState, task_id: str) -> OrchestrationResult:
+    """Propose the state (the task policy has no rules of its own; bookkeeping always applies)."""
+    return task_runs.set_task_run_state(session, body.task_run_id, body.state, force=body.force)

@@ -1,0 +1,19 @@
+"""The `work_pools.*` tasks."""
+
+from sqlalchemy.orm import Session
+
+from models import work_pools
+from models.schemas.actions import WorkPoolCreate
+from models.schemas.base import ActionModel
+from models.schemas.core import WorkPool
+from tasks.base import flowruns_task
+
+
+class CreateWorkPool(ActionModel):
+    work_pool: WorkPoolCreate
+
+
+@flowruns_task("work_pools.create_work_pool", CreateWorkPool, recorded=True)
+def create_work_pool(session: Session, body: CreateWorkPool, task_id: str) -> WorkPool:
+    """Create the pool and its default queue; a taken name is a ValidationError."""
+    return WorkPool.model_validate(work_pools.create_work_pool(session, body.work_pool))

@@ -1,0 +1,294 @@
+"""At-least-once delivery, exactly-once effect: the same task id delivered again changes nothing."""
+
+import threading
+import uuid
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from models import orm, requests
+from models.database import unit_of_work
+from models.errors import ValidationError
+from tasks import deployments, flow_run_states, flow_runs, flows
+from tests.celery_support import Worker, apply, follow_ups, new_id, offline_app, ok, row_counts, worker  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("db", "follow_ups")
+
+
+@pytest.fixture
+def flow_id() -> str:
+    return str(ok(flows.create_flow, flow={"name": "etl"})["id"])
+
+
+def create_run(flow_id: str, **fields: Any) -> dict[str, Any]:
+    return ok(flow_runs.create_flow_run, flow_run={"flow_id": flow_id, **fields})
+
+
+def propose(run_id: str, state_type: str, task_id: str | None = None, **state: Any) -> dict[str, Any]:
+    return ok(flow_runs.set_flow_run_state, task_id, flow_run_id=run_id, state={"type": state_type, **state})
+
+
+def history(run_id: str) -> list[str]:
+    return [s["name"] for s in ok(flow_run_states.read_flow_run_states, flow_run_id=run_id)]
+
+
+def limited_deployment(flow_id: str, strategy: str = "ENQUEUE") -> str:
+    deployment = ok(
+        deployments.create_deployment,
+        deployment={
+            "name": f"limited-{strategy}", "flow_id": flow_id, "concurrency_limit": 1,
+            "concurrency_options": {"collision_strategy": strategy},
+        },
+    )
+    return str(deployment["id"])
+
+
+def active_slots(deployment_id: str) -> int:
+    deployment = ok(deployments.read_deployment, deployment_id=deployment_id)
+    return int(deployment["global_concurrency_limit"]["active_slots"])
+
+
+# ------------------------------------------------------------------------------- transitions
+
+
+def test_redelivered_transition_writes_one_state(flow_id: str) -> None:
+    run = create_run(flow_id)
+    task_id = new_id()
+    first = propose(run["id"], "RUNNING", task_id)
+    second = propose(run["id"], "RUNNING", task_id)
+    assert second == first
+    assert history(run["id"]) == ["Pending", "Running"]
+
+
+def test_transition_replayed_after_the_run_moved_on_returns_the_recorded_outcome(flow_id: str) -> None:
+    run = create_run(flow_id)
+    running_id = new_id()
+    running = propose(run["id"], "RUNNING", running_id)
+    propose(run["id"], "COMPLETED")
+    assert propose(run["id"], "RUNNING", running_id) == running
+    assert history(run["id"]) == ["Pending", "Running", "Completed"]
+    assert ok(flow_runs.read_flow_run, flow_run_id=run["id"])["state_type"] == "COMPLETED"
+
+
+def test_redelivered_failure_rejected_into_awaiting_retry_writes_one_state(flow_id: str) -> None:
+    run = create_run(flow_id, empirical_policy={"retries": 1, "retry_delay": 0})
+    propose(run["id"], "RUNNING")
+    failed_id = new_id()
+    first = propose(run["id"], "FAILED", failed_id)
+    assert first["status"] == "REJECT" and first["state"]["name"] == "AwaitingRetry"
+    # The replacement does not carry the request's transition id: only the inbox can tell.
+    assert first["state"]["state_details"]["transition_id"] != failed_id
+    assert propose(run["id"], "FAILED", failed_id) == first
+    assert history(run["id"]) == ["Pending", "Running", "AwaitingRetry"]
+
+
+def test_redelivered_proposal_rejected_into_awaiting_concurrency_slot_writes_one_state(flow_id: str) -> None:
+    deployment_id = limited_deployment(flow_id)
+    holder = create_run(flow_id, deployment_id=deployment_id, state={"type": "SCHEDULED"})
+    waiter = create_run(flow_id, deployment_id=deployment_id, state={"type": "SCHEDULED"})
+    assert propose(holder["id"], "PENDING")["status"] == "ACCEPT"
+    pending_id = new_id()
+    first = propose(waiter["id"], "PENDING", pending_id)
+    assert first["status"] == "REJECT" and first["state"]["name"] == "AwaitingConcurrencySlot"
+    propose(holder["id"], "RUNNING")
+    propose(holder["id"], "COMPLETED")  # the slot is free now: a second orchestration would take it
+    assert propose(waiter["id"], "PENDING", pending_id) == first
+    assert history(waiter["id"]) == ["Scheduled", "AwaitingConcurrencySlot"]
+    assert active_slots(deployment_id) == 0
+
+
+def test_redelivered_proposal_rejected_into_cancelled_writes_one_state(flow_id: str) -> None:
+    deployment_id = limited_deployment(flow_id, "CANCEL_NEW")
+    holder = create_run(flow_id, deployment_id=deployment_id, state={"type": "SCHEDULED"})
+    newcomer = create_run(flow_id, deployment_id=deployment_id, state={"type": "SCHEDULED"})
+    propose(holder["id"], "PENDING")
+    pending_id = new_id()
+    first = propose(newcomer["id"], "PENDING", pending_id)
+    assert first["status"] == "REJECT" and first["state"]["type"] == "CANCELLED"
+    assert propose(newcomer["id"], "PENDING", pending_id) == first
+    assert history(newcomer["id"]) == ["Scheduled", "Cancelled"]
+    assert active_slots(deployment_id) == 1
+
+
+# ------------------------------------------------------------------------------------ creates
+
+
+def test_create_with_idempotency_key_redelivered_returns_the_same_run(flow_id: str) -> None:
+    task_id = new_id()
+    body = {"flow_id": flow_id, "idempotency_key": "nightly-2026-01-01"}
+    first = ok(flow_runs.create_flow_run, task_id, flow_run=body)
+    assert ok(flow_runs.create_flow_run, task_id, flow_run=body) == first
+    # A new request (new task id) with the same key also gets the same run, now read again.
+    assert ok(flow_runs.create_flow_run, flow_run=body)["id"] == first["id"]
+    assert row_counts()["flow_run"] == 1
+    assert history(first["id"]) == ["Pending"]
+
+
+def test_create_without_idempotency_key_redelivered_creates_one_run(flow_id: str) -> None:
+    task_id = new_id()
+    first = ok(flow_runs.create_flow_run, task_id, flow_run={"flow_id": flow_id})
+    assert ok(flow_runs.create_flow_run, task_id, flow_run={"flow_id": flow_id}) == first
+    assert row_counts()["flow_run"] == 1
+
+
+# ------------------------------------------------------------------------------------ cleanup
+
+
+def test_cleanup_any_number_of_times_releases_once(flow_id: str) -> None:
+    deployment_id = limited_deployment(flow_id)
+    first_run = create_run(flow_id, deployment_id=deployment_id, state={"type": "SCHEDULED"})
+    second_run = create_run(flow_id, deployment_id=deployment_id, state={"type": "SCHEDULED"})
+    propose(first_run["id"], "PENDING")
+    assert active_slots(deployment_id) == 1
+    cleanup_id = new_id()
+    cleanup = flow_runs.cleanup_flow_run_concurrency_slots
+    assert ok(cleanup, cleanup_id, flow_run_id=first_run["id"]) is None
+    assert active_slots(deployment_id) == 0
+    assert propose(second_run["id"], "PENDING")["status"] == "ACCEPT"  # takes the freed slot
+    for task_id in (cleanup_id, cleanup_id, new_id(), new_id()):
+        assert ok(cleanup, task_id, flow_run_id=first_run["id"]) is None
+    assert active_slots(deployment_id) == 1  # the second run's slot was not released
+
+
+def test_redelivered_delete_returns_true_again_and_deletes_nothing_more(flow_id: str) -> None:
+    run = create_run(flow_id)
+    task_id = new_id()
+    assert ok(flow_runs.delete_flow_run, task_id, flow_run_id=run["id"]) is True
+    assert ok(flow_runs.delete_flow_run, task_id, flow_run_id=run["id"]) is True
+    assert ok(flow_runs.delete_flow_run, flow_run_id=run["id"]) is False
+
+
+# -------------------------------------------------------------------------------- the inbox
+
+
+def test_a_task_id_is_not_reused_across_task_names(flow_id: str) -> None:
+    run = create_run(flow_id)
+    task_id = new_id()
+    propose(run["id"], "RUNNING", task_id)
+    result = apply(flow_runs.update_flow_run, task_id, flow_run_id=run["id"], flow_run={"name": "x"})
+    assert result.state == "FAILURE" and isinstance(result.result, ValidationError)
+    assert "task_id" in str(result.result)
+
+
+def test_failed_requests_are_not_recorded(session: Session) -> None:
+    task_id = new_id()
+    assert apply(flow_runs.set_flow_run_state, task_id, flow_run_id=new_id(), state={"type": "RUNNING"}).failed()
+    assert session.get(orm.ProcessedRequest, task_id) is None
+
+
+def test_read_tasks_are_not_recorded(flow_id: str) -> None:
+    run = create_run(flow_id)
+    before = row_counts()
+    ok(flow_runs.read_flow_run, flow_run_id=run["id"])
+    ok(flow_runs.count_flow_runs)
+    ok(flow_run_states.read_flow_run_states, flow_run_id=run["id"])
+    assert row_counts() == before
+
+
+def test_a_copy_that_loses_the_race_at_commit_returns_the_winners_outcome(
+    monkeypatch: pytest.MonkeyPatch, flow_id: str
+) -> None:
+    """Simulate the window the claim normally closes: the copy did not see the winner's row,
+    orchestrates, and fails on the primary key at the end; it runs again and finds the record."""
+    run = create_run(flow_id)
+    task_id = new_id()
+    winner = propose(run["id"], "RUNNING", task_id)
+    real_claim = requests.claim
+    calls: list[str] = []
+
+    def blind_first_claim(session: Session, task_id: str, name: str) -> Any:
+        calls.append(task_id)
+        return None if len(calls) == 1 else real_claim(session, task_id, name)
+
+    monkeypatch.setattr(requests, "claim", blind_first_claim)
+    assert propose(run["id"], "RUNNING", task_id) == winner
+    assert len(calls) == 2
+    assert history(run["id"]) == ["Pending", "Running"]
+
+
+def test_inbox_functions(session: Session) -> None:
+    assert requests.find_outcome(session, "t1") is None
+    assert requests.claim(session, "t1", "flows.create_flow") is None
+    requests.record_outcome(session, "t1", "flows.create_flow", {"id": 1})
+    requests.record_outcome(session, "t2", "flow_runs.cleanup_flow_run_concurrency_slots", None)
+    session.commit()
+    assert requests.find_outcome(session, "t1") == requests.Recorded("flows.create_flow", {"id": 1})
+    assert requests.claim(session, "t2", "flow_runs.cleanup_flow_run_concurrency_slots") == requests.Recorded(
+        "flow_runs.cleanup_flow_run_concurrency_slots", None
+    )
+    with pytest.raises(ValidationError, match="task_id"):
+        requests.claim(session, "t1", "flows.other")
+    session.rollback()
+    with pytest.raises(sa.exc.IntegrityError):
+        requests.record_outcome(session, "t1", "flows.create_flow", {"id": 2})
+        session.flush()
+    session.rollback()
+    from models.types import now_utc
+
+    assert requests.prune(session, now_utc()) == 2
+    session.commit()
+
+
+@pytest.mark.postgres_only
+def test_concurrent_copies_of_one_transition_write_one_state(flow_id: str) -> None:
+    """Two copies of the same task id at the same time: the second waits on the first's claim."""
+    for _ in range(5):
+        run = create_run(flow_id)
+        task_id = new_id()
+        barrier = threading.Barrier(2)
+        outcomes: list[Any] = []
+
+        def deliver() -> None:
+            barrier.wait()
+            outcomes.append(apply(flow_runs.set_flow_run_state, task_id, flow_run_id=run["id"], state={"type": "RUNNING"}))
+
+        threads = [threading.Thread(target=deliver) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert [o.state for o in outcomes] == ["SUCCESS", "SUCCESS"]
+        assert outcomes[0].result == outcomes[1].result
+        assert history(run["id"]) == ["Pending", "Running"]
+
+
+# ------------------------------------------------------------------------- through a worker
+
+
+@pytest.mark.integration
+def test_worker_redelivery_of_the_same_task_id_writes_one_state(worker: Worker, flow_id: str) -> None:
+    run = worker.call("flow_runs.create_flow_run", flow_run={"flow_id": flow_id})
+    task_id = new_id()
+    kwargs = {"flow_run_id": run["id"], "state": {"type": "RUNNING"}}
+    first = worker.call("flow_runs.set_flow_run_state", task_id, **kwargs)
+    worker.producer.AsyncResult(task_id).forget()  # so the second wait sees the second copy's result
+    second = worker.call("flow_runs.set_flow_run_state", task_id, **kwargs)
+    assert second == first
+    states = worker.call("flow_run_states.read_flow_run_states", flow_run_id=run["id"])
+    assert [s["type"] for s in states] == ["PENDING", "RUNNING"]
+
+
+@pytest.mark.integration
+def test_worker_running_two_copies_at_once_writes_one_state(worker: Worker, flow_id: str) -> None:
+    run = worker.call("flow_runs.create_flow_run", flow_run={"flow_id": flow_id})
+    task_id = new_id()
+    kwargs = {"flow_run_id": run["id"], "state": {"type": "RUNNING"}}
+    copies = [worker.send("flow_runs.set_flow_run_state", task_id, kwargs=kwargs) for _ in range(2)]
+    for copy in copies:
+        copy.get(timeout=30)
+    states = worker.call("flow_run_states.read_flow_run_states", flow_run_id=run["id"])
+    assert [s["type"] for s in states] == ["PENDING", "RUNNING"]
+    with unit_of_work() as session:
+        assert session.get(orm.ProcessedRequest, task_id) is not None
+
+
+@pytest.mark.integration
+def test_worker_replays_a_create_with_idempotency_key(worker: Worker, flow_id: str) -> None:
+    body = {"flow_id": flow_id, "idempotency_key": str(uuid.uuid4())}
+    task_id = new_id()
+    first = worker.call("flow_runs.create_flow_run", task_id, flow_run=body)
+    worker.producer.AsyncResult(task_id).forget()
+    assert worker.call("flow_runs.create_flow_run", task_id, flow_run=body) == first
+    assert worker.call("flow_runs.count_flow_runs") == 1
