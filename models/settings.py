@@ -13,7 +13,7 @@ class Settings(BaseSettings):
     broker_url: str = "redis://localhost:6379/0"
     result_backend: str = "redis://localhost:6379/1"
     task_queue: str = "celery"
-    visibility_timeout: int = Field(default=1800, ge=60)
+    visibility_timeout: int = Field(default=1800, ge=1)
 
     # Orchestration knobs (Prefect's server defaults).
     concurrency_slot_wait_seconds: float = Field(default=30.0, ge=0)
