@@ -8,20 +8,26 @@ from sqlalchemy.orm import Session
 from models import orm
 from models.errors import ObjectNotFoundError
 from models.schemas.actions import DeploymentCreate, WorkQueueCreate
+from models.schemas.core import Deployment
 from models.work_pools import DEFAULT_POOL_NAME
 from models.work_queues import create_work_queue, read_work_queue_by_name
 
 
-def create_deployment(session: Session, deployment: DeploymentCreate) -> orm.Deployment:
+_DEPLOYMENT_COLUMNS = {
+    "name", "flow_id", "paused", "enforce_parameter_schema", "parameters", "tags", "labels",
+    "work_queue_name", "infrastructure_document_id", "description", "path", "version",
+    "entrypoint", "job_variables", "created_by",
+}
+
+
+def create_deployment(session: Session, deployment: DeploymentCreate | Deployment) -> orm.Deployment:
     """Create the deployment, or update the one with the same flow and name (an upsert, as Prefect).
 
     A `concurrency_limit` materialises as a limit row named `deployment:<id>`.
     """
     if session.get(orm.Flow, deployment.flow_id) is None:
         raise ObjectNotFoundError(f"flow_id: no flow with id {deployment.flow_id}")
-    fields = deployment.model_dump(
-        exclude={"work_pool_name", "global_concurrency_limit_id", "concurrency_limit", "concurrency_options"}
-    )
+    fields = deployment.model_dump(include=_DEPLOYMENT_COLUMNS & set(type(deployment).model_fields))
     queue = _resolve_queue(session, deployment.work_pool_name, deployment.work_queue_name)
     if queue is not None:
         fields["work_queue_id"] = queue.id
@@ -38,12 +44,11 @@ def create_deployment(session: Session, deployment: DeploymentCreate) -> orm.Dep
         for key, value in fields.items():
             setattr(row, key, value)
     row.concurrency_options = deployment.concurrency_options
-    if deployment.global_concurrency_limit_id is not None:
-        if session.get(orm.ConcurrencyLimit, deployment.global_concurrency_limit_id) is None:
-            raise ObjectNotFoundError(
-                f"global_concurrency_limit_id: no concurrency limit with id {deployment.global_concurrency_limit_id}"
-            )
-        row.concurrency_limit_id = deployment.global_concurrency_limit_id
+    global_limit_id = getattr(deployment, "global_concurrency_limit_id", None)
+    if global_limit_id is not None:
+        if session.get(orm.ConcurrencyLimit, global_limit_id) is None:
+            raise ObjectNotFoundError(f"global_concurrency_limit_id: no concurrency limit with id {global_limit_id}")
+        row.concurrency_limit_id = global_limit_id
     else:
         _set_concurrency_limit(session, row, deployment.concurrency_limit)
     session.flush()

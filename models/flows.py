@@ -8,15 +8,17 @@ from sqlalchemy.orm import Session
 from models import orm
 from models.database import dialect_insert
 from models.schemas.actions import FlowCreate
+from models.schemas.core import Flow
 from models.types import now_utc
 
 
-def create_flow(session: Session, flow: FlowCreate) -> orm.Flow:
+def create_flow(session: Session, flow: FlowCreate | Flow) -> orm.Flow:
     """Create the flow, or return the existing one of that name (idempotent)."""
     now = now_utc()
+    fields = flow.model_dump(include={"name", "tags", "labels"})
     insert = (
         dialect_insert(session, orm.Flow)
-        .values(id=uuid.uuid4(), created=now, updated=now, **flow.model_dump(exclude_unset=False))
+        .values(id=uuid.uuid4(), created=now, updated=now, **fields)
         .on_conflict_do_nothing(index_elements=["name"])
     )
     session.execute(insert)
