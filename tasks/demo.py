@@ -82,7 +82,7 @@ def run_demo(runs: int = 8, database: str | None = None) -> int:
         broker_transport_options={"polling_interval": POLL_SECONDS},
     )
     checks = Checks()
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING"):
+    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="ERROR"):
         producer = Producer(app)
         started = time.perf_counter()
         summary = drive_workload(producer, checks, runs)
@@ -225,6 +225,18 @@ def name_of(ids: list[str], run_id: str) -> str:
     return f"load-{ids.index(run_id) + 1}"
 
 
+def collapse_repeats(names: list[str]) -> list[str]:
+    """`A → B → B → B → C` reads as `A → B ×3 → C`."""
+    collapsed: list[str] = []
+    count = 0
+    for index, name in enumerate(names):
+        count += 1
+        if index + 1 == len(names) or names[index + 1] != name:
+            collapsed.append(f"{name} ×{count}" if count > 1 else name)
+            count = 0
+    return collapsed
+
+
 def draw_graph(graph: dict[str, Any]) -> list[str]:
     nodes = {node_id: node for node_id, node in graph["nodes"]}
     lines = []
@@ -240,7 +252,7 @@ def print_summary(summary: dict[str, Any], checks: Checks, sent: int, elapsed: f
     say(f"{sent} requests through the broker in {elapsed:.1f} s")
     say("final states:")
     for name, (final, history) in summary["finals"].items():
-        say(f"  {name:8} {final:10} {' → '.join(history)}")
+        say(f"  {name:8} {final:10} {' → '.join(collapse_repeats(history))}")
     slots = summary["slots"]
     say(f"deployment slots: {slots['active_slots']} held of {slots['limit']}")
     say(f"graph of {summary['graph_run']}:")
