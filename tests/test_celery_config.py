@@ -241,3 +241,12 @@ def test_beat_drives_the_maintenance_tasks(worker: Worker, tmp_path: Path) -> No
         assert "maintenance.reconcile_concurrency_slots[" in worker.log_text()
     finally:
         stop_process(beat)
+
+
+def test_unacknowledged_messages_are_swept_about_as_often_as_the_visibility_timeout() -> None:
+    from models.settings import Settings
+    from tasks.app import celery_config
+
+    options = celery_config(Settings(visibility_timeout=5))["broker_transport_options"]
+    assert options["visibility_timeout"] == 5
+    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 5

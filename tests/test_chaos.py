@@ -1,0 +1,177 @@
+"""The chaos scenarios in their short form (`flowruns chaos --short`): every request takes effect
+exactly once through worker SIGKILLs, PostgreSQL and Redis restarts and duplicate deliveries, and
+generated malformed requests are refused without retry or write.
+
+Each scenario runs a real worker (prefork, two processes) from this checkout against a database of
+its own on the test server and Redis database 12 (shared test database: the scenario deletes only its
+own queue and results), or a PostgreSQL cluster / redis-server of its own on a free port.
+"""
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tasks import chaos
+from tasks import flow_runs, flows, task_runs
+from tests.celery_support import REDIS_URL, _redis_available, apply, follow_ups, offline_app, ok, row_counts  # noqa: F401
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.postgres_only]
+
+CHAOS_REDIS_DB = 12
+"""The chaos tests' Redis database (the rest of the suite uses 14 and 15): its workers run with a short
+visibility timeout, which would restore other workers' unacknowledged messages early."""
+
+
+@pytest.fixture(scope="module")
+def options(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[chaos.Options]:
+    if not _redis_available(f"{REDIS_URL}/{CHAOS_REDIS_DB}"):
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    yield chaos.Options(
+        database_url=database_url, redis_url=f"{REDIS_URL}/0", short=True, redis_db=CHAOS_REDIS_DB,
+        exclusive_redis=False, log_dir=tmp_path_factory.mktemp("chaos-logs"),
+    )
+
+
+def assert_exactly_once(result: chaos.ScenarioResult) -> None:
+    report = chaos.format_table([result], chaos.Options(database_url="", redis_url="", short=True), result.seconds)
+    assert result.requests > 0, report
+    assert (result.lost, result.duplicated, result.slot_drift, result.over_limit) == (0, 0, 0, 0), report
+    assert result.applied == result.requests, report
+    assert result.errors == [], report
+    assert result.passed, report
+
+
+def test_worker_sigkill_loses_and_doubles_nothing(options: chaos.Options) -> None:
+    result = chaos.worker_sigkill(options)
+    assert_exactly_once(result)
+    assert len(result.faults) >= 3 and any("main process" in fault for fault in result.faults)
+    assert result.slot_samples > 10
+
+
+def test_postgres_restart_mid_batch_retries_and_loses_nothing(options: chaos.Options) -> None:
+    try:
+        chaos.find_pg_bindir(options.pg_bindir)
+    except chaos.ChaosSetupError as error:
+        pytest.skip(str(error))
+    result = chaos.postgres_restart(options)
+    assert_exactly_once(result)
+    assert result.notes["connection_retries"] > 0
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary")
+def test_redis_restart_mid_batch_keeps_queued_requests(options: chaos.Options) -> None:
+    result = chaos.redis_restart(options)
+    assert_exactly_once(result)
+    (before, after), = result.notes["queued_before_after_restart"]
+    assert before > 0, "the restart should find requests waiting in the queue"
+    assert after > 0 or before < 5, "the queue should survive the restart (append-only file)"
+
+
+def test_every_message_delivered_twice_and_replayed_takes_effect_once(options: chaos.Options) -> None:
+    result = chaos.duplicate_delivery(options)
+    assert_exactly_once(result)
+    assert result.messages >= 3 * result.requests
+    assert result.notes["absorbed_by_inbox"] >= result.requests
+
+
+def test_generated_malformed_requests_fail_at_once_and_write_nothing(options: chaos.Options) -> None:
+    pytest.importorskip("hypothesis")
+    result = chaos.bad_input(options)
+    assert_exactly_once(result)
+    assert set(result.notes["categories"]) == {
+        "wrong type", "unknown field", "unknown state type", "missing field", "unknown id"}
+
+
+def test_scenario_names_and_sizes() -> None:
+    assert list(chaos.SCENARIOS) == [
+        "worker-sigkill", "postgres-restart", "redis-restart", "duplicate-delivery", "bad-input"]
+    assert chaos.SHORT.runs < chaos.FULL.runs and chaos.FULL.bad_bodies >= 1000
+
+
+def test_an_exclusive_redis_database_must_be_empty(options: chaos.Options) -> None:
+    import redis
+
+    url = chaos.redis_url_with_db(options.redis_url, CHAOS_REDIS_DB)
+    client = redis.Redis.from_url(url)
+    key = f"flowruns-chaos-test-{uuid.uuid4().hex}"
+    client.set(key, "someone's data")
+    try:
+        with pytest.raises(chaos.ChaosSetupError, match="--redis-db"):
+            with chaos.redis_database(url, exclusive=True):
+                pass  # pragma: no cover
+        assert client.get(key) == b"someone's data"
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def test_redis_urls_keep_credentials_and_hide_them_in_output() -> None:
+    assert chaos.redis_url_with_db("redis://:pw@h:6379/0", 13) == "redis://:pw@h:6379/13"
+    assert chaos.redis_url_with_db("redis://h:6379", 13) == "redis://h:6379/13"
+    assert chaos.safe_url("redis://user:pw@h:6379/13") == "redis://user:***@h:6379/13"
+
+
+# --------------------------------------------------------------------- a defect, documented
+
+HOSTILE: list[tuple[Any, Any]] = [
+    (flows.create_flow, lambda w: {"flow": {"name": "nul\x00byte"}}),
+    (flow_runs.create_flow_run, lambda w: {"flow_run": {"flow_id": w["flow_id"], "parameters": {"x": "\x00"}}}),
+    (flow_runs.set_flow_run_state, lambda w: {"flow_run_id": w["run_id"], "state": {"type": "RUNNING",
+                                                                                      "message": "\x00"}}),
+    (flow_runs.read_flow_runs, lambda w: {"offset": 2**63}),
+    (task_runs.create_task_run, lambda w: {"task_run": {"flow_run_id": w["run_id"], "task_key": "k\x00",
+                                                        "dynamic_key": "0"}}),
+]
+
+
+@pytest.mark.usefixtures("db", "follow_ups")
+@pytest.mark.parametrize("case", range(len(HOSTILE)))
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "defect (models/schemas): a NUL character in any string, or an integer beyond the column's range, "
+    "passes validation and fails in PostgreSQL as DataError (not ValidationError), its message carrying "
+    "the SQL statement. Remove this mark once the schemas refuse them."))
+def test_values_postgresql_cannot_store_are_refused_as_validation_errors(case: int) -> None:
+    flow = ok(flows.create_flow, flow={"name": "hostile"})
+    run = ok(flow_runs.create_flow_run, flow_run={"flow_id": flow["id"]})
+    task, kwargs = HOSTILE[case]
+    before = row_counts()
+    result = apply(task, **kwargs({"flow_id": flow["id"], "run_id": run["id"]}))
+    assert row_counts() == before
+    assert result.state == "FAILURE"
+    assert type(result.result).__name__ == "ValidationError", f"{type(result.result).__name__}: {result.result}"
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def test_the_chaos_and_bench_worker_commands_are_wired() -> None:
+    from click.testing import CliRunner
+
+    from tasks.cli import main
+
+    runner = CliRunner()
+    chaos_help = runner.invoke(main, ["chaos", "--help"])
+    assert chaos_help.exit_code == 0 and "--short" in chaos_help.output and "--json" in chaos_help.output
+    bench_help = runner.invoke(main, ["bench", "worker", "--help"])
+    assert bench_help.exit_code == 0 and "--concurrency" in bench_help.output and "--in-flight" in bench_help.output
+    unknown = runner.invoke(main, ["chaos", "--scenario", "meteor-strike"])
+    assert unknown.exit_code != 0 and "worker-sigkill" in unknown.output
+
+
+def test_chaos_refuses_a_database_other_than_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from models.settings import reset_settings
+    from tasks.cli import main
+
+    monkeypatch.setenv("FLOWRUNS_DATABASE_URL", "sqlite:///nowhere.db")
+    reset_settings()
+    try:
+        result = CliRunner().invoke(main, ["chaos", "--short"])
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+    assert result.exit_code != 0 and "PostgreSQL" in result.output
