@@ -10,18 +10,19 @@ Lock order everywhere: the run row (held by the caller), then the limit row.
 """
 
 import dataclasses
+import functools
 import logging
 import uuid
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from models import orm
-from models.database import dialect_name
 from models.schemas.states import ACTIVE_STATES
-from models.types import now_utc
+from models.types import Timestamp, now_utc
 
 logger = logging.getLogger(__name__)
 
@@ -35,31 +36,25 @@ def acquire_slot(session: Session, limit_id: uuid.UUID, flow_run_id: uuid.UUID) 
     An inactive limit behaves as full. The caller makes sure the run holds no slot of this
     limit yet (a second holding would break the unique pair and fail the transaction).
     """
-    taken = session.execute(
-        sa.update(Limit)
-        .where(Limit.id == limit_id, Limit.active, Limit.active_slots + 1 <= Limit.limit)
-        .values(active_slots=Limit.active_slots + 1)
-        .execution_options(synchronize_session=False)
-    )
+    parameters = {"limit_id": limit_id, "holding_id": uuid.uuid4(), "run_id": flow_run_id, "now": now_utc()}
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        return connection.execute(_acquire_statement(), parameters).scalar_one_or_none()
+    taken = connection.execute(_take_slot_statement(), parameters)
     if taken.rowcount != 1:
         return None
-    holding_id = uuid.uuid4()
-    session.execute(
-        sa.insert(Holding).values(
-            id=holding_id, concurrency_limit_id=limit_id, flow_run_id=flow_run_id, acquired_at=now_utc()
-        )
-    )
-    return holding_id
+    connection.execute(_record_holding_statement(), parameters)
+    return parameters["holding_id"]
 
 
 def release_slot(session: Session, holding_id: uuid.UUID) -> bool:
     """Give back the slot of one holding; False if it was already released."""
-    return _release(session, Holding.id == holding_id) > 0
+    return _release(session, Holding.id, holding_id) > 0
 
 
 def release_flow_run_slots(session: Session, flow_run_id: uuid.UUID) -> int:
     """Give back every slot the run holds; how many. Idempotent; works when the run is gone."""
-    return _release(session, Holding.flow_run_id == flow_run_id)
+    return _release(session, Holding.flow_run_id, flow_run_id)
 
 
 def holding_for(session: Session, flow_run_id: uuid.UUID, limit_id: uuid.UUID) -> uuid.UUID | None:
@@ -79,29 +74,24 @@ def holds_slot(session: Session, flow_run_id: uuid.UUID, limit_id: uuid.UUID | N
     return session.execute(statement.limit(1)).first() is not None
 
 
-def _release(session: Session, which: sa.ColumnElement[bool]) -> int:
-    """Delete the matching holdings, then decrement the limits of those actually deleted."""
-    if dialect_name(session) == "sqlite":
-        # SQLite transactions hold the database write lock (BEGIN IMMEDIATE): no one can
-        # delete the rows between the two statements.
-        rows = session.execute(sa.select(Holding.id, Holding.concurrency_limit_id).where(which)).all()
-        if not rows:
-            return 0
-        session.execute(
-            sa.delete(Holding)
-            .where(Holding.id.in_([row.id for row in rows]))
-            .execution_options(synchronize_session=False)
-        )
-        limit_ids = [row.concurrency_limit_id for row in rows]
-    else:
-        limit_ids = list(
-            session.execute(
-                sa.delete(Holding)
-                .where(which)
-                .returning(Holding.concurrency_limit_id)
-                .execution_options(synchronize_session=False)
-            ).scalars()
-        )
+def _release(session: Session, key: sa.ColumnElement[Any], value: uuid.UUID) -> int:
+    """Delete the holdings whose `key` is `value`, then decrement the limits of those actually
+    deleted (one statement on PostgreSQL)."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        released = connection.execute(_release_statement(key.key), {"value": value, "now": now_utc()})
+        return sum(released.scalars())
+    # SQLite transactions hold the database write lock (BEGIN IMMEDIATE): no one can delete the
+    # rows between the two statements.
+    rows = session.execute(sa.select(Holding.id, Holding.concurrency_limit_id).where(key == value)).all()
+    if not rows:
+        return 0
+    session.execute(
+        sa.delete(Holding)
+        .where(Holding.id.in_([row.id for row in rows]))
+        .execution_options(synchronize_session=False)
+    )
+    limit_ids = [row.concurrency_limit_id for row in rows]
     _decrement(session, limit_ids)
     return len(limit_ids)
 
@@ -122,6 +112,79 @@ def _group_by_count(limit_ids: Iterable[uuid.UUID]) -> dict[int, list[uuid.UUID]
     for limit_id, count in Counter(limit_ids).items():
         groups.setdefault(count, []).append(limit_id)
     return groups
+
+
+# -- statements (built once) -------------------------------------------------------------------
+
+_limits: sa.Table = Limit.__table__  # type: ignore[assignment]
+_holdings: sa.Table = Holding.__table__  # type: ignore[assignment]
+
+
+def _slot_taken() -> sa.Update:
+    """One more active slot, if the limit is active and has one free."""
+    return (
+        sa.update(_limits)
+        .where(
+            _limits.c.id == sa.bindparam("limit_id"),
+            _limits.c.active,
+            _limits.c.active_slots + 1 <= _limits.c.limit,
+        )
+        .values(active_slots=_limits.c.active_slots + 1, updated=sa.bindparam("now", type_=Timestamp()))
+    )
+
+
+@functools.cache
+def _take_slot_statement() -> sa.Update:
+    return _slot_taken()
+
+
+@functools.cache
+def _record_holding_statement() -> sa.Insert:
+    return sa.insert(_holdings).values(
+        id=sa.bindparam("holding_id"),
+        concurrency_limit_id=sa.bindparam("limit_id"),
+        flow_run_id=sa.bindparam("run_id"),
+        acquired_at=sa.bindparam("now"),
+    )
+
+
+@functools.cache
+def _acquire_statement() -> sa.Insert:
+    """PostgreSQL: `WITH taken AS (UPDATE limit ... RETURNING id) INSERT INTO holding SELECT ...
+    FROM taken RETURNING id`: the holding exists exactly when the slot was taken."""
+    taken = _slot_taken().returning(_limits.c.id).cte("taken")
+    holding = sa.select(
+        sa.bindparam("holding_id", type_=sa.Uuid()),
+        taken.c.id,
+        sa.bindparam("run_id", type_=sa.Uuid()),
+        sa.bindparam("now", type_=Timestamp()),
+    )
+    columns = ["id", "concurrency_limit_id", "flow_run_id", "acquired_at"]
+    return sa.insert(_holdings).from_select(columns, holding).returning(_holdings.c.id)
+
+
+@functools.cache
+def _release_statement(key: str) -> sa.Update:
+    """PostgreSQL: delete the holdings with `key = :value`, then take one slot per deleted
+    holding off its limit (never below zero); returns each limit's count released."""
+    released = (
+        sa.delete(_holdings)
+        .where(_holdings.c[key] == sa.bindparam("value", type_=sa.Uuid()))
+        .returning(_holdings.c.concurrency_limit_id)
+        .cte("released")
+    )
+    counts = (
+        sa.select(released.c.concurrency_limit_id, sa.func.count().label("released"))
+        .group_by(released.c.concurrency_limit_id)
+        .cte("counts")
+    )
+    remaining = sa.case((_limits.c.active_slots > counts.c.released, _limits.c.active_slots - counts.c.released), else_=0)
+    return (
+        sa.update(_limits)
+        .where(_limits.c.id == counts.c.concurrency_limit_id)
+        .values(active_slots=remaining, updated=sa.bindparam("now", type_=Timestamp()))
+        .returning(counts.c.released)
+    )
 
 
 @dataclasses.dataclass(frozen=True)

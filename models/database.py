@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pydantic_core
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -22,14 +23,20 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
 
     SQLite has no row locks, so every transaction starts with `BEGIN IMMEDIATE`
     (the database write lock) and foreign keys are switched on for cascades.
+
+    JSON read back is parsed by pydantic-core's parser: the same values as `json.loads` (NaN,
+    infinities, big integers, duplicate keys included), at a fraction of the cost on wide reads.
     """
+    kwargs.setdefault("json_deserializer", pydantic_core.from_json)
     if url.startswith("sqlite"):
         engine = sa.create_engine(
             url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
         )
         _configure_sqlite(engine)
         return engine
-    return sa.create_engine(url, pool_size=10, max_overflow=20, **kwargs)
+    # Sessions in UTC: timestamps arrive as UTC datetimes, with nothing left to convert.
+    connect_args = {"options": "-c timezone=UTC", **kwargs.pop("connect_args", {})}
+    return sa.create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args, **kwargs)
 
 
 def _configure_sqlite(engine: Engine) -> None:

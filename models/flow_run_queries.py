@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import InstrumentedAttribute, Session, joinedload, load_only
+from sqlalchemy.orm import InstrumentedAttribute, Session, load_only, selectinload
 
 from models import orm
 from models.schemas.filters import (
@@ -42,10 +42,13 @@ def read_flow_runs(
 
     `columns` (names or attributes) restricts the columns loaded. Applies only the given
     `limit`; the 200-per-call cap is the wire layer's.
+
+    The current state comes joined to each run; queues and pools (few, shared by many runs, and
+    often absent) come by a second query for the distinct ones, only when some run has one.
     """
     query = (
         sa.select(orm.FlowRun)
-        .options(joinedload(orm.FlowRun.work_queue).joinedload(orm.WorkQueue.work_pool))
+        .options(selectinload(orm.FlowRun.work_queue).joinedload(orm.WorkQueue.work_pool))
         .where(
             *_flow_run_criteria(
                 flow_filter=flow_filter,

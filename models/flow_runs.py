@@ -1,20 +1,25 @@
 """The flow-run model functions. Each takes the caller's session; none commits."""
 
 import datetime
+import functools
 import uuid
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from models import orm
-from models.database import dialect_insert
 from models.errors import ObjectNotFoundError
+from models.flow_run_inserts import Parents, insert_flow_run, persistent_flow_run, read_parents
 from models.flow_run_graph import read_flow_run_graph, read_task_run_dependencies
 from models.flow_run_queries import count_flow_runs, read_flow_runs
 from models.schemas.actions import FlowRunCreate, FlowRunUpdate
 from models.schemas.core import FlowRun
 from models.schemas.responses import OrchestrationResult
+from models.schemas.states import State
+from models.transition_sql import LockedRun, lock_flow_run
 from models.types import now_utc
 from models.work_queues import resolve_work_queue
 
@@ -46,19 +51,11 @@ def create_flow_run(
 
     Only a run created by this call gets the given state, set with force (no slot is taken).
     """
-    flow = session.get(orm.Flow, flow_run.flow_id)
-    if flow is None:
-        raise ObjectNotFoundError(f"flow_id: no flow with id {flow_run.flow_id}")
-    deployment = None
-    if flow_run.deployment_id is not None:
-        deployment = session.get(orm.Deployment, flow_run.deployment_id)
-        if deployment is None:
-            raise ObjectNotFoundError(f"deployment_id: no deployment with id {flow_run.deployment_id}")
-
-    now = now_utc()
+    parents = read_parents(session, flow_run.flow_id, flow_run.deployment_id)
     values = flow_run.model_dump(exclude_unset=True, exclude=_NOT_INSERTED)
     for required in ("name", "flow_id"):
         values[required] = getattr(flow_run, required)
+    queue = None
     if isinstance(flow_run, FlowRunCreate):
         queue = resolve_work_queue(session, flow_run.work_pool_name, flow_run.work_queue_name)
         if queue is not None:
@@ -68,24 +65,13 @@ def create_flow_run(
         values["empirical_policy"] = flow_run.empirical_policy
     if "created_by" in values:
         values["created_by"] = getattr(flow_run, "created_by", None)
-    values["labels"] = _labels_with_system_labels(flow, deployment, flow_run.labels)
-    values["created"] = values["updated"] = now
+    values["labels"] = _labels_with_system_labels(flow_run, parents)
+    values["created"] = values["updated"] = now_utc()
     values.setdefault("id", uuid.uuid4())
 
-    if not flow_run.idempotency_key:
-        run = orm.FlowRun(**values)
-        session.add(run)
-        session.flush()
-        created = True
-    else:
-        inserted = session.execute(
-            dialect_insert(session, orm.FlowRun)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["flow_id", "idempotency_key"])
-            .returning(orm.FlowRun.id)
-        ).scalar_one_or_none()
-        created = inserted is not None
-        run = session.execute(
+    row = insert_flow_run(session, values, idempotent=bool(flow_run.idempotency_key))
+    if row is None:  # the idempotency key is taken: that run is the answer
+        return session.execute(
             sa.select(orm.FlowRun)
             .where(
                 orm.FlowRun.flow_id == flow_run.flow_id,
@@ -93,25 +79,28 @@ def create_flow_run(
             )
             .execution_options(populate_existing=True)
         ).scalar_one()
+    run = persistent_flow_run(session, row)
+    if queue is not None or run.work_queue_id is None:
+        set_committed_value(run, "work_queue", queue)  # known: no lazy load when it is read
+    if flow_run.state is not None:
+        from orchestration.context import proposed_state_from
 
-    if created and flow_run.state is not None:
-        set_flow_run_state(
-            session, run.id, flow_run.state, force=True, orchestration_parameters=orchestration_parameters
-        )
+        # The run is this transaction's own (no one else can see it yet): no lock to take. The
+        # rules work on a plain copy; the writes keep the session's instance in step.
+        proposed = proposed_state_from(flow_run.state)
+        _orchestrate(session, LockedRun(row, None), None, proposed, {}, None, orchestration_parameters, None)
     return run
 
 
-def _labels_with_system_labels(
-    flow: orm.Flow, deployment: orm.Deployment | None, labels: dict[str, Any] | None
-) -> dict[str, Any]:
+def _labels_with_system_labels(flow_run: FlowRun | FlowRunCreate, parents: Parents) -> dict[str, Any]:
     """The deployment's (or flow's) labels, the system labels, then the run's own; later keys win."""
-    system: dict[str, Any] = {"prefect.flow.id": str(flow.id)}
-    if deployment is not None:
-        system["prefect.deployment.id"] = str(deployment.id)
-        inherited = deployment.labels or {}
+    system: dict[str, Any] = {"prefect.flow.id": str(flow_run.flow_id)}
+    if flow_run.deployment_id is not None:
+        system["prefect.deployment.id"] = str(flow_run.deployment_id)
+        inherited = parents.deployment_labels or {}
     else:
-        inherited = flow.labels or {}
-    return {**inherited, **system, **(labels or {})}
+        inherited = parents.flow_labels or {}
+    return {**inherited, **system, **(flow_run.labels or {})}
 
 
 def read_flow_run(
@@ -139,16 +128,27 @@ def update_flow_run(session: Session, flow_run_id: uuid.UUID, flow_run: FlowRunU
 
 
 def delete_flow_run(session: Session, flow_run_id: uuid.UUID) -> bool:
-    """Delete the run, its states and task runs, releasing any slot it holds first."""
-    run = read_flow_run(session, flow_run_id, for_update=True)
-    if run is None:
+    """Delete the run, its states and task runs, releasing any slot it holds; False if unknown.
+
+    The DELETE takes the run's row lock (waiting for a transition in flight), so the release that
+    follows, a statement of its own, sees every holding committed before it.
+    """
+    if session.autoflush:
+        session.flush()
+    deleted = session.connection().execute(_delete_run_statement(), {"run_id": flow_run_id}).first()
+    if deleted is None:
         return False
-    cleanup_flow_run_concurrency_slots(session, run)
-    result = session.execute(
-        sa.delete(orm.FlowRun).where(orm.FlowRun.id == flow_run_id).execution_options(synchronize_session=False)
-    )
-    session.expunge(run)
-    return result.rowcount > 0
+    cleanup_flow_run_concurrency_slots(session, flow_run_id)
+    instance = session.identity_map.get(identity_key(orm.FlowRun, flow_run_id))
+    if instance is not None:
+        session.expunge(instance)
+    return True
+
+
+@functools.cache
+def _delete_run_statement() -> sa.Delete:
+    runs: sa.Table = orm.FlowRun.__table__  # type: ignore[assignment]
+    return sa.delete(runs).where(runs.c.id == sa.bindparam("run_id")).returning(runs.c.id)
 
 
 def set_flow_run_state(
@@ -166,26 +166,75 @@ def set_flow_run_state(
     The minimal policy applies when `force` is set or no policy is given. Raises
     `ObjectNotFoundError` for an unknown run; a rule's error is re-raised.
     """
-    from orchestration.context import FlowOrchestrationContext, locked_current_state, proposed_state_from
+    from orchestration.context import proposed_state_from
+
+    proposed = proposed_state_from(state)
+    run, initial_state, lookups = _lock_for_orchestration(session, flow_run_id, proposed.state_details.transition_id)
+    return _orchestrate(
+        session, run, initial_state, proposed, lookups, None if force else flow_policy,
+        orchestration_parameters, client_version,
+    )
+
+
+def _orchestrate(
+    session: Session,
+    run: Any,
+    initial_state: State | None,
+    proposed: State,
+    lookups: dict[str, Any],
+    flow_policy: Any,
+    orchestration_parameters: dict[str, Any] | None,
+    client_version: str | None,
+) -> OrchestrationResult:
+    """Govern the proposal for a run the caller holds (locked, or created by this transaction);
+    the minimal policy when no policy is given."""
+    from orchestration.context import FlowOrchestrationContext
     from orchestration.engine import orchestrate
     from orchestration.global_policy import GlobalFlowPolicy
     from orchestration.policies import MinimalFlowPolicy
 
-    proposed = proposed_state_from(state)
-    run = read_flow_run(session, flow_run_id, for_update=True)
-    if run is None:
-        raise ObjectNotFoundError(f"flow_run_id: no flow run with id {flow_run_id}")
     proposed.timestamp = now_utc()  # under the lock: history order is commit order
     context = FlowOrchestrationContext(
         session=session,
         run=run,
-        initial_state=locked_current_state(session, run),
+        initial_state=initial_state,
         proposed_state=proposed,
         parameters=dict(orchestration_parameters or {}),
         client_version=client_version,
+        lookups=lookups,
     )
-    policy = MinimalFlowPolicy if force or flow_policy is None else flow_policy
-    return orchestrate(context, policy, GlobalFlowPolicy)
+    return orchestrate(context, flow_policy or MinimalFlowPolicy, GlobalFlowPolicy)
+
+
+def _lock_for_orchestration(
+    session: Session, flow_run_id: uuid.UUID, transition_id: uuid.UUID | None
+) -> tuple[Any, State | None, dict[str, Any]]:
+    """Lock the run; its current state, and what the lock read for the rules (its deployment,
+    whether the transition id was used), as the context's lookups.
+
+    A run the session already holds as an ORM instance is locked and refreshed through the ORM,
+    so that instance stays the one truth in the session; otherwise the run is read with Core
+    into a `LockedRun` (the fast path: no identity map, no eager loads).
+    """
+    from orchestration.context import locked_current_state, state_from_row
+
+    if session.autoflush:
+        session.flush()  # as an ORM query would: pending changes are visible to the rules
+    if session.identity_map.get(identity_key(orm.FlowRun, flow_run_id)) is not None:
+        run = read_flow_run(session, flow_run_id, for_update=True)
+        if run is None:
+            raise ObjectNotFoundError(f"flow_run_id: no flow run with id {flow_run_id}")
+        return run, locked_current_state(session, run), {}
+    locked = lock_flow_run(session, flow_run_id, transition_id)
+    if locked is None:
+        raise ObjectNotFoundError(f"flow_run_id: no flow run with id {flow_run_id}")
+    run = locked.run
+    lookups: dict[str, Any] = {}
+    if locked.deployment_slot is not None:
+        lookups["deployment_slot"] = locked.deployment_slot
+    if transition_id is not None and locked.transition_made is not None:
+        lookups["transitions_made"] = {transition_id: locked.transition_made}
+    return run, state_from_row(run.state) if run.state is not None else None, lookups
 
 
 def cleanup_flow_run_concurrency_slots(session: Session, flow_run: Any) -> None:

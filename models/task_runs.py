@@ -5,12 +5,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from models import orm
 from models.database import dialect_insert
 from models.errors import ObjectNotFoundError
 from models.schemas.actions import TaskRunCreate
 from models.schemas.core import TaskRun
+from models.transition_sql import lock_task_run
 from models.types import now_utc
 
 _NOT_INSERTED = ("state", "created", "updated", "estimated_run_time", "estimated_start_time_delta")
@@ -73,24 +75,33 @@ def set_task_run_state(
     The minimal task policy applies when `force` is set or no policy is given; the global task
     transforms keep the run's times and counts. Raises `ObjectNotFoundError` for an unknown id.
     """
-    from orchestration.context import TaskOrchestrationContext, locked_current_state, proposed_state_from
+    from orchestration.context import TaskOrchestrationContext, locked_current_state, proposed_state_from, state_from_row
     from orchestration.engine import orchestrate
     from orchestration.task_policy import GlobalTaskPolicy, MinimalTaskPolicy
 
     proposed = proposed_state_from(state)
-    run = session.execute(
-        sa.select(orm.TaskRun)
-        .where(orm.TaskRun.id == task_run_id)
-        .with_for_update(of=orm.TaskRun)
-        .execution_options(populate_existing=True)
-    ).unique().scalar_one_or_none()
+    if session.autoflush:
+        session.flush()  # as an ORM query would: pending changes are visible to the rules
+    run: Any
+    if session.identity_map.get(identity_key(orm.TaskRun, task_run_id)) is not None:
+        # the session's instance stays the one truth: lock and refresh it through the ORM
+        run = session.execute(
+            sa.select(orm.TaskRun)
+            .where(orm.TaskRun.id == task_run_id)
+            .with_for_update(of=orm.TaskRun)
+            .execution_options(populate_existing=True)
+        ).unique().scalar_one_or_none()
+        initial_state = locked_current_state(session, run) if run is not None else None
+    else:
+        run = lock_task_run(session, task_run_id)
+        initial_state = state_from_row(run.state) if run is not None and run.state is not None else None
     if run is None:
         raise ObjectNotFoundError(f"task_run_id: no task run with id {task_run_id}")
     proposed.timestamp = now_utc()  # under the lock: history order is commit order
     context = TaskOrchestrationContext(
         session=session,
         run=run,
-        initial_state=locked_current_state(session, run),
+        initial_state=initial_state,
         proposed_state=proposed,
         parameters=dict(orchestration_parameters or {}),
     )

@@ -46,7 +46,8 @@ class Timestamp(sa.types.TypeDecorator[datetime.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"timestamps must be timezone-aware, got naive {value!r}")
-        value = value.astimezone(datetime.timezone.utc)
+        if value.tzinfo is not datetime.timezone.utc:
+            value = value.astimezone(datetime.timezone.utc)
         if dialect.name == "sqlite":
             return value.replace(tzinfo=None)
         return value
@@ -58,6 +59,8 @@ class Timestamp(sa.types.TypeDecorator[datetime.datetime]):
             return None
         if value.tzinfo is None:
             return value.replace(tzinfo=datetime.timezone.utc)
+        if value.tzinfo is datetime.timezone.utc:
+            return value  # PostgreSQL sessions run in UTC (see models.database): already so
         return value.astimezone(datetime.timezone.utc)
 
 
@@ -78,12 +81,19 @@ class JSON(sa.types.TypeDecorator[Any]):
         return value
 
 
+_SCALARS = (str, int, bool, type(None))
+
+
 def _replace_non_finite(value: Any) -> Any:
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return None
     if isinstance(value, dict):
+        if all(isinstance(v, _SCALARS) for v in value.values()):
+            return value  # the common case (flat, no floats): nothing to replace, nothing to copy
         return {k: _replace_non_finite(v) for k, v in value.items()}
     if isinstance(value, list):
+        if all(isinstance(v, _SCALARS) for v in value):
+            return value
         return [_replace_non_finite(v) for v in value]
     return value
 

@@ -90,11 +90,12 @@ class OrchestrationRule(Generic[ContextT]):
     ) -> None:
         if exc_type is not None or self.invalid():
             return
-        exit_context = self.context.exit_context()
         if self.fizzled():
-            self.cleanup(*exit_context)
+            if self._overrides("cleanup"):
+                self.cleanup(*self.context.exit_context())
         else:
-            self.after_transition(*exit_context)
+            if self._overrides("after_transition"):
+                self.after_transition(*self.context.exit_context())
             self.context.finalization_signature.append(type(self).__name__)
 
     def invalid(self) -> bool:
@@ -104,6 +105,11 @@ class OrchestrationRule(Generic[ContextT]):
         if self._invalid_on_entry is None:
             self._invalid_on_entry = self._transition_changed()
         return self._invalid_on_entry
+
+    @classmethod
+    def _overrides(cls, hook: str) -> bool:
+        """Whether this rule defines the hook (a safe copy of the context is only made for one)."""
+        return getattr(cls, hook) is not getattr(OrchestrationRule, hook)
 
     def fizzled(self) -> bool:
         """Valid on entry, but a later rule changed the transition."""

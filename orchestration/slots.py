@@ -174,7 +174,8 @@ class ReleaseFlowConcurrencySlots(UniversalTransform[FlowOrchestrationContext]):
         if self.nullified_transition() or context.run.deployment_id is None:
             return
         if context.initial_state_type in ACTIVE_STATES and context.proposed_state_type not in ACTIVE_STATES:
-            release_flow_run_slots(context.session, context.run.id)
+            if not context.holds_no_slot():  # known from the lock: a DELETE would find nothing
+                release_flow_run_slots(context.session, context.run.id)
 
 
 class EnforceDeploymentConcurrencyOnLate(OrchestrationRule[FlowOrchestrationContext]):

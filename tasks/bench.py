@@ -261,8 +261,11 @@ def _bulk_load(url: str, flow_id: uuid.UUID, deployment_ids: list[uuid.UUID], co
             if task_runs:
                 connection.execute(sa.insert(orm.TaskRun), task_runs)
         done += batch
-    with engine.begin() as connection:
-        connection.exec_driver_sql("ANALYZE")
+    # What autovacuum leaves after a bulk load (this bench may run on a server without it):
+    # planner statistics, and the visibility map that lets a count be answered from an index.
+    progress("vacuum analyze ...")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE")
 
 
 def _bench_reads(report: Report, url: str, size: int, deployment_id: uuid.UUID) -> None:
@@ -318,3 +321,153 @@ def run_limit_bench(seconds: float, as_json: bool) -> Report:
         report.add("single-row commits/s", rate(commits, time.perf_counter() - started), "commits/s")
     report.print(as_json)
     return report
+
+
+# === bench worker =========================================================================
+# End to end through the broker. A separate section (the benches above measure in-process):
+# it reuses the chaos harness's worker process and foreign producer (`tasks.chaos`).
+
+WORKER_BENCH_SERIAL_RUNS = 100
+"""Runs driven one request at a time first: the round trip of a lone request."""
+WORKER_BENCH_COMMIT_SECONDS = 3.0
+
+
+def run_worker_bench(concurrencies: list[int], runs: int, in_flight: int, redis_db: int, as_json: bool) -> int:
+    """Transitions/s sustained and latency percentiles with `concurrencies` worker processes, each figure
+    also as a fraction of this server's single-row commit rate (measured as `bench limit` does)."""
+    from tasks import chaos
+
+    settings = get_settings()
+    try:
+        chaos.postgres_url(settings.database_url)
+    except chaos.ChaosSetupError as error:
+        progress(str(error))
+        return 2
+    report = Report("flowruns bench worker (foreign producer → Redis → worker → PostgreSQL → result back)",
+                    f"{_describe_url()}, Redis {chaos.safe_url(chaos.redis_url_with_db(settings.broker_url, redis_db))}")
+    with scratch_database() as url:
+        commits = _single_row_commit_rate(url, WORKER_BENCH_COMMIT_SECONDS)
+    report.add("single-row commits/s (as bench limit)", commits, "commits/s")
+    options = chaos.Options(database_url=settings.database_url, redis_url=settings.broker_url, redis_db=redis_db)
+    for concurrency in concurrencies:
+        progress(f"{concurrency} worker process(es): {runs} runs, {in_flight} requests in flight ...")
+        try:
+            _bench_worker_once(report, options, concurrency, runs, in_flight, commits)
+        except chaos.ChaosSetupError as error:
+            progress(f"bench worker: {error}")
+            return 2
+    report.print(as_json)
+    return 0
+
+
+def _single_row_commit_rate(url: str, seconds: float) -> float:
+    engine = database.get_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE bench_counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        connection.exec_driver_sql("INSERT INTO bench_counter VALUES (1, 0)")
+    commits = 0
+    started = time.perf_counter()
+    with engine.connect() as connection:
+        while time.perf_counter() - started < seconds:
+            with connection.begin():
+                connection.exec_driver_sql("UPDATE bench_counter SET n = n + 1 WHERE id = 1")
+            commits += 1
+    return rate(commits, time.perf_counter() - started)
+
+
+def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int, in_flight: int,
+                       commits_per_second: float) -> None:
+    from tasks import chaos
+
+    label = f"{concurrency} process{'es' if concurrency > 1 else ''}"
+    settings = {"visibility_timeout": 1800, "task_retry_backoff_max_seconds": 60}
+    with chaos.world(options, f"bench-{concurrency}", loglevel="WARNING", concurrency=concurrency,
+                     worker_settings=settings, resend_after=3600.0) as scenario:
+        scenario.start_worker()
+        flow_id, (deployment_id,) = scenario.make_deployments(1, None)
+        driver = scenario.driver
+
+        created: list[str] = []
+        started = time.perf_counter()
+        for index in range(runs + WORKER_BENCH_SERIAL_RUNS):
+            flow_run = {"flow_id": flow_id, "deployment_id": deployment_id, "name": f"bench-{index}",
+                        "state": {"type": "SCHEDULED"}}
+            driver.submit("flow_runs.create_flow_run", {"flow_run": flow_run},
+                          on_done=lambda request: created.append(request.result["id"]))
+        total = runs + WORKER_BENCH_SERIAL_RUNS
+        if not driver.run_until(lambda: len(created) == total, time.monotonic() + 600):
+            raise chaos.ChaosSetupError("the runs were not created within 600 s")
+        report.add(f"{label}: creates/s, {total} in flight", rate(total, time.perf_counter() - started), "runs/s",
+                   f"{rate(total, time.perf_counter() - started) / commits_per_second:.1%} of single-row commits/s")
+
+        serial = _drive_serially(driver, created[:WORKER_BENCH_SERIAL_RUNS])
+        for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+            value = percentile(serial, fraction) * 1000
+            report.add(f"{label}: round trip {name}, 1 in flight", value, "ms",
+                       f"{value / 1000 * commits_per_second:.1f}× a single-row commit")
+
+        transitions, seconds, latencies = _drive_concurrently(driver, created[WORKER_BENCH_SERIAL_RUNS:], in_flight)
+        throughput = rate(transitions, seconds)
+        report.add(f"{label}: transitions/s sustained, {in_flight} in flight", throughput, "transitions/s",
+                   f"{throughput / commits_per_second:.1%} of single-row commits/s")
+        for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+            value = percentile(latencies, fraction) * 1000
+            report.add(f"{label}: latency {name}, {in_flight} in flight", value, "ms",
+                       f"{value / 1000 * commits_per_second:.0f}× a single-row commit")
+        if driver.resends or driver.transient_failures:
+            progress(f"  note: {driver.resends} re-sends, {driver.transient_failures} transient failures")
+
+
+LIFE = ("PENDING", "RUNNING", "COMPLETED")
+
+
+def _drive_serially(driver: Any, run_ids: list[str]) -> list[float]:
+    """One request outstanding at a time; the round trip of each."""
+    latencies = []
+    for run_id in run_ids:
+        for state_type in LIFE:
+            request = driver.submit("flow_runs.set_flow_run_state",
+                                    {"flow_run_id": run_id, "state": {"type": state_type}})
+            driver.run_until(lambda: request.meta is not None, time.monotonic() + 60)
+            if not request.succeeded or request.result["status"] != "ACCEPT":
+                raise RuntimeError(f"bench transition not accepted: {request.result}")
+            latencies.append(request.latency)
+    return latencies
+
+
+def _drive_concurrently(driver: Any, run_ids: list[str], in_flight: int) -> tuple[int, float, list[float]]:
+    """Each run's next transition is sent when its last result arrives; a finished run makes room for
+    the next. The rate counts the steady part: from the first result until the last run was started."""
+    pending_runs = list(reversed(run_ids))
+    latencies: list[float] = []
+    done = [0]
+    steady: dict[str, float] = {}
+
+    def propose(run_id: str, step: int) -> None:
+        driver.submit("flow_runs.set_flow_run_state", {"flow_run_id": run_id, "state": {"type": LIFE[step]}},
+                      on_done=lambda request: finished(request, run_id, step))
+
+    def finished(request: Any, run_id: str, step: int) -> None:
+        if not request.succeeded or request.result["status"] != "ACCEPT":
+            raise RuntimeError(f"bench transition not accepted: {request.result}")
+        latencies.append(request.latency)
+        done[0] += 1
+        steady.setdefault("first", time.perf_counter())
+        steady.setdefault("first_done", done[0])
+        if step + 1 < len(LIFE):
+            propose(run_id, step + 1)
+        elif pending_runs:
+            propose(pending_runs.pop(), 0)
+            if not pending_runs:
+                steady["last"] = time.perf_counter()
+                steady["last_done"] = done[0]
+
+    started = time.perf_counter()
+    for _ in range(min(in_flight, len(pending_runs))):
+        propose(pending_runs.pop(), 0)
+    total = 3 * len(run_ids)
+    if not driver.run_until(lambda: done[0] == total, time.monotonic() + 1800):
+        raise RuntimeError("bench transitions did not finish within 1800 s")
+    if "last" in steady and steady["last"] - steady["first"] > 1.0:
+        return int(steady["last_done"] - steady["first_done"]), steady["last"] - steady["first"], latencies
+    return total, time.perf_counter() - started, latencies

@@ -88,5 +88,59 @@ def bench_limit(seconds: float, as_json: bool) -> None:
     run_limit_bench(seconds, as_json)
 
 
+@bench.command("worker")
+@click.option("--concurrency", "concurrencies", default="1,2", show_default=True,
+              help="worker process counts to measure, comma-separated")
+@click.option("--runs", default=3000, show_default=True, help="runs driven SCHEDULED → PENDING → RUNNING → COMPLETED")
+@click.option("--in-flight", default=2000, show_default=True, help="requests outstanding at once (one per run)")
+@click.option("--redis-db", default=13, show_default=True, help="an empty Redis database on the broker's server")
+@click.option("--json", "as_json", is_flag=True)
+def bench_worker(concurrencies: str, runs: int, in_flight: int, redis_db: int, as_json: bool) -> None:
+    """End to end: a foreign producer through Redis to a committed state and the result back."""
+    from tasks.bench import run_worker_bench
+
+    sys.exit(run_worker_bench([int(c) for c in concurrencies.split(",") if c], runs, in_flight, redis_db, as_json))
+
+
+@main.command()
+@click.option("--short", is_flag=True, help="CI size: a few hundred requests per scenario")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+@click.option("--scenario", "scenarios", multiple=True, help="run only these (repeatable); default: all")
+@click.option("--seed", default=0, show_default=True, help="fault moments and generated inputs follow it")
+@click.option("--redis-db", default=13, show_default=True,
+              help="an empty Redis database on the broker's server, used whole and emptied afterwards")
+@click.option("--pg-bin", default=None, help="directory of initdb and pg_ctl (default: found)")
+@click.option("--pg-port", default=55432, show_default=True, help="port of the scenario's own PostgreSQL")
+@click.option("--redis-port", default=56379, show_default=True, help="port of the scenario's own redis-server")
+@click.option("--logs", type=click.Path(file_okay=False), default=None, help="keep worker logs in this directory")
+@click.option("--worker-code", type=click.Path(exists=True, file_okay=False), default=None,
+              help="run the workers from this source tree (an exported commit) instead of this checkout")
+def chaos(short: bool, as_json: bool, scenarios: tuple[str, ...], seed: int, redis_db: int, pg_bin: str | None,
+          pg_port: int, redis_port: int, logs: str | None, worker_code: str | None) -> None:
+    """Fault-injection scenarios: worker SIGKILL, PostgreSQL and Redis restarts, duplicate delivery, bad
+    input. Each checks that every request took effect exactly once; exits 1 on any loss, duplicate or drift."""
+    from pathlib import Path
+
+    from tasks import chaos as harness
+
+    unknown = [name for name in scenarios if name not in harness.SCENARIOS]
+    if unknown:
+        raise click.BadParameter(f"unknown scenario {unknown}; choose from {', '.join(harness.SCENARIOS)}")
+    settings = get_settings()
+    options = harness.Options(
+        database_url=settings.database_url, redis_url=settings.broker_url, short=short, seed=seed,
+        redis_db=redis_db, pg_bindir=pg_bin, pg_port=pg_port, redis_port=redis_port,
+        log_dir=Path(logs) if logs else None, worker_code=Path(worker_code) if worker_code else None,
+    )
+    try:
+        harness.postgres_url(settings.database_url)
+    except harness.ChaosSetupError as error:
+        raise click.ClickException(str(error)) from None
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        raise click.ClickException(f"chaos scenarios need a Redis broker; FLOWRUNS_BROKER_URL is "
+                                   f"{harness.safe_url(settings.broker_url)}")
+    sys.exit(harness.run_chaos(options, list(scenarios) or list(harness.SCENARIOS), as_json))
+
+
 if __name__ == "__main__":
     main()

@@ -24,10 +24,29 @@ PERSISTED = {"type": "reference", "storage_key": "s3://bucket/result"}
 # -- helpers ----------------------------------------------------------------------------------
 
 
+_LOCK_PATH = {"worker session": False}
+
+
+@pytest.fixture(autouse=True, params=["session holding the run", "worker session"])
+def lock_path(request: pytest.FixtureRequest) -> Any:
+    """Every rule, through both ways a run is locked: the session already holds the run as an
+    ORM instance (locked and refreshed through the ORM), or it does not, as in a worker (read
+    with Core); `propose` then detaches the run around the call and reloads it afterwards."""
+    _LOCK_PATH["worker session"] = request.param == "worker session"
+    yield request.param
+    _LOCK_PATH["worker session"] = False
+
+
 def propose(session: Session, run: orm.FlowRun, state: State, **kwargs: Any) -> OrchestrationResult:
     kwargs.setdefault("flow_policy", CoreFlowPolicy)
+    worker = _LOCK_PATH["worker session"] and run in session
+    if worker:
+        session.expunge(run)
     result = flow_runs.set_flow_run_state(session, run.id, state, **kwargs)
     session.commit()
+    if worker:
+        session.add(run)
+        session.refresh(run)
     return result
 
 

@@ -379,34 +379,78 @@ def statements(session: Session) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
-def test_transition_costs_one_locked_read_one_insert_one_update(
-    session: Session, pending_run: orm.FlowRun
+def _written(session: Session, *statements: str) -> list[str]:
+    """`statements` as sent: on PostgreSQL each group of data-modifying statements that goes to
+    the server together is one `WITH ...` statement (a single round trip)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return ["WITH"]
+    return list(statements)
+
+
+@pytest.fixture(params=["worker session", "session holding the run"])
+def holds_run(request: pytest.FixtureRequest) -> bool:
+    """A worker's session knows nothing of the run (the Core path); a session that already holds
+    it as an ORM instance locks that instance instead."""
+    return bool(request.param == "session holding the run")
+
+
+def test_transition_costs_one_locked_read_and_one_write(
+    session: Session, pending_run: orm.FlowRun, holds_run: bool
 ) -> None:
+    if not holds_run:
+        session.expunge_all()
+
     with statements(session) as seen:
         flow_runs.set_flow_run_state(session, pending_run.id, states.Running(), flow_policy=CoreFlowPolicy)
 
-    assert seen == ["SELECT", "INSERT", "UPDATE"]
+    assert seen == ["SELECT", *_written(session, "INSERT", "UPDATE")]
 
 
-def test_transition_id_costs_one_indexed_history_lookup(session: Session, pending_run: orm.FlowRun) -> None:
+def test_transition_id_costs_one_indexed_history_lookup(
+    session: Session, pending_run: orm.FlowRun, holds_run: bool
+) -> None:
     proposed = states.Running(state_details=StateDetails(transition_id=uuid.uuid4()))
+    if not holds_run:
+        session.expunge_all()
 
     with statements(session) as seen:
         flow_runs.set_flow_run_state(session, pending_run.id, proposed, flow_policy=CoreFlowPolicy)
 
-    assert seen == ["SELECT", "SELECT", "INSERT", "UPDATE"]
+    # a worker's session reads the history with the lock; a session holding the run looks it up
+    lookups = ["SELECT"] if not holds_run else ["SELECT", "SELECT"]
+    assert seen == [*lookups, *_written(session, "INSERT", "UPDATE")]
 
 
-def test_submission_with_a_limit_loads_the_deployment_once(session: Session, flow: orm.Flow) -> None:
+def test_submission_with_a_limit_loads_the_deployment_once(
+    session: Session, flow: orm.Flow, holds_run: bool
+) -> None:
     deployment = make_deployment(session, flow, name="limited", concurrency_limit=3)
     run = make_flow_run(session, flow, deployment_id=deployment.id)
     force(session, run, states.Scheduled())
+    if not holds_run:
+        session.expunge_all()
 
     with statements(session) as seen:
-        flow_runs.set_flow_run_state(session, run.id, states.Pending(), flow_policy=CoreFlowPolicy)
+        result = flow_runs.set_flow_run_state(session, run.id, states.Pending(), flow_policy=CoreFlowPolicy)
 
-    # the run, the deployment with its limit and holding, take a slot, record it, write.
-    assert seen == ["SELECT", "SELECT", "UPDATE", "INSERT", "INSERT", "UPDATE"]
+    assert result.status == SetStateStatus.ACCEPT
+    # the run (with its deployment, limit and holding when read for a worker), the deployment
+    # otherwise; take a slot and record it; write.
+    lookups = ["SELECT"] if not holds_run else ["SELECT", "SELECT"]
+    assert seen == [*lookups, *_written(session, "UPDATE", "INSERT"), *_written(session, "INSERT", "UPDATE")]
+
+
+def test_completion_without_a_slot_releases_nothing(session: Session, flow: orm.Flow) -> None:
+    deployment = make_deployment(session, flow, name="unlimited")
+    run = make_flow_run(session, flow, deployment_id=deployment.id)
+    force(session, run, states.Running())
+    session.expunge_all()
+
+    with statements(session) as seen:
+        flow_runs.set_flow_run_state(session, run.id, states.Completed(), flow_policy=CoreFlowPolicy)
+
+    # the lock read that the run holds no slot: no DELETE of its holdings
+    assert seen == ["SELECT", *_written(session, "INSERT", "UPDATE")]
 
 
 # -- the row lock ---------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Base classes for the pydantic schemas."""
 
+import copy
 import datetime
+import enum
 import random
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -15,6 +17,8 @@ def _require_aware(value: datetime.datetime) -> datetime.datetime:
         raise ValueError("timestamp must carry a UTC offset")
     return value.astimezone(datetime.timezone.utc)
 
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 DateTime = Annotated[datetime.datetime, AfterValidator(_require_aware)]
 """A timestamp that must carry its UTC offset; stored and returned as UTC."""
@@ -77,7 +81,23 @@ __all__ = [
     "IDModel",
     "ORMModel",
     "TimeSeriesModel",
+    "deep_copy",
     "default_name",
     "generate_slug",
     "now_utc",
 ]
+
+
+_IMMUTABLE = (type(None), str, bytes, bool, int, float, UUID, datetime.datetime, datetime.timedelta, enum.Enum)
+
+
+def deep_copy(model: ModelT) -> ModelT:
+    """`model.model_copy(deep=True)` at a fraction of the cost: immutable field values (ids,
+    timestamps, strings, enums) are shared, nested models are copied the same way, anything
+    else (containers) goes through `copy.deepcopy`."""
+    copied = model.model_copy()
+    for name, value in model.__dict__.items():
+        if isinstance(value, _IMMUTABLE):
+            continue
+        copied.__dict__[name] = deep_copy(value) if isinstance(value, BaseModel) else copy.deepcopy(value)
+    return copied

@@ -5,6 +5,7 @@ import enum
 from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
+import sqlalchemy as sa
 from pydantic import Field
 
 from models.schemas.base import DateTime, FlowrunsModel
@@ -58,7 +59,7 @@ class FlowRunResponse(FlowRun):
     @classmethod
     def from_orm_run(cls, run: Any) -> "FlowRunResponse":
         """The REST shape of an ORM run: its queue's name and pool come from the loaded queue row."""
-        response = cls.model_validate(run, from_attributes=True)
+        response = cls.model_validate(_attribute_values(run), from_attributes=True)
         queue = getattr(run, "work_queue", None)
         if queue is not None:
             response.work_queue_name = queue.name
@@ -78,3 +79,28 @@ class DependencyResult(FlowrunsModel):
     total_run_time: datetime.timedelta | None = None
     estimated_run_time: datetime.timedelta | None = None
     untrackable_result: bool
+
+
+_RUN_ATTRIBUTES = tuple(name for name in FlowRunResponse.model_fields if name not in ("work_pool_id", "work_pool_name"))
+_STATE_ATTRIBUTES = tuple(State.model_fields)
+
+
+def _attribute_values(run: Any) -> Any:
+    """What `from_attributes` validation reads from an ORM run, as a dict: loaded values are
+    taken from the instance's dict (no attribute instrumentation per field, which costs more than
+    validating them), anything else (a property, an unloaded column) through `getattr`."""
+    values = _loaded(run, _RUN_ATTRIBUTES)
+    if values is None:
+        return run  # not an ORM instance: validated from its attributes
+    state = values["state"]
+    if state is not None:
+        values["state"] = _loaded(state, _STATE_ATTRIBUTES) or state
+    return values
+
+
+def _loaded(instance: Any, names: tuple[str, ...]) -> dict[str, Any] | None:
+    inspected = sa.inspect(instance, raiseerr=False)
+    if inspected is None or not hasattr(inspected, "dict"):
+        return None
+    loaded = inspected.dict
+    return {name: loaded[name] if name in loaded else getattr(instance, name) for name in names}

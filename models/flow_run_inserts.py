@@ -1,0 +1,134 @@
+"""Inserting a flow run with SQLAlchemy Core, and handing it back as a persistent ORM instance.
+
+`create_flow_run` returns the ORM run, but a unit-of-work flush (and the reload an idempotent
+insert needed) costs more than the insert itself. So every column's value is decided here, the
+defaults the ORM would apply included; one INSERT writes them, and the same values make the
+instance the session then holds as if it had loaded it (no second round trip).
+"""
+
+import functools
+import uuid
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.util import identity_key
+
+from models import orm
+from models.errors import ObjectNotFoundError
+
+_runs: sa.Table = orm.FlowRun.__table__  # type: ignore[assignment]
+
+
+class Parents(NamedTuple):
+    """What a new run inherits: its flow's labels and, if it has one, its deployment's."""
+
+    flow_labels: dict[str, Any] | None
+    deployment_labels: dict[str, Any] | None
+
+
+def read_parents(session: Session, flow_id: uuid.UUID, deployment_id: uuid.UUID | None) -> Parents:
+    """The flow's and deployment's labels: from the session when it holds both, else one query.
+    A missing flow or deployment is `ObjectNotFoundError`."""
+    flow = session.identity_map.get(identity_key(orm.Flow, flow_id))
+    deployment = (
+        session.identity_map.get(identity_key(orm.Deployment, deployment_id)) if deployment_id is not None else None
+    )
+    if flow is not None and (deployment_id is None or deployment is not None):
+        return Parents(flow.labels, deployment.labels if deployment is not None else None)
+    if session.autoflush:
+        session.flush()  # a flow or deployment added to the session but not yet written counts
+    parameters = {"flow_id": flow_id, "deployment_id": deployment_id}
+    row = session.connection().execute(_parents_statement(), parameters).first()
+    if row is None:
+        raise ObjectNotFoundError(f"flow_id: no flow with id {flow_id}")
+    flow_labels, found_deployment_id, deployment_labels = row
+    if deployment_id is not None and found_deployment_id is None:
+        raise ObjectNotFoundError(f"deployment_id: no deployment with id {deployment_id}")
+    return Parents(flow_labels, deployment_labels)
+
+
+def insert_flow_run(session: Session, values: dict[str, Any], idempotent: bool) -> dict[str, Any] | None:
+    """Insert the run; every column's value as written.
+
+    `idempotent`: a run of the same flow with the same idempotency key wins, and None is
+    returned (nothing was inserted). Database errors propagate.
+    """
+    row = _defaults()
+    for key, value in values.items():
+        # The plain insert was an ORM flush, which leaves a column set to None to its default;
+        # the idempotent one was a Core INSERT, which writes None as given. Both stay so.
+        if value is None and row[key] is not None and not idempotent:
+            continue
+        row[key] = value
+    connection = session.connection()
+    if idempotent:
+        if connection.execute(_insert_unless_known_statement(connection.dialect.name), row).first() is None:
+            return None
+    else:
+        connection.execute(_insert_statement(), row)
+    return row
+
+
+def persistent_flow_run(session: Session, row: dict[str, Any]) -> orm.FlowRun:
+    """The session's instance of a run just inserted with these column values, as if loaded."""
+    run = orm.FlowRun()
+    # Straight into the instance's dict, as a load puts them: no attribute events, no history.
+    sa.inspect(run).dict.update(row)
+    make_transient_to_detached(run)
+    session.add(run)
+    return run
+
+
+def _defaults() -> dict[str, Any]:
+    """What the ORM would fill in for each column left out: its default, else NULL."""
+    values = dict(_static_defaults())
+    for key, default in _callable_defaults():
+        values[key] = default(None)
+    return values
+
+
+@functools.cache
+def _static_defaults() -> dict[str, Any]:
+    return {
+        column.key: None if column.default is None else column.default.arg  # type: ignore[union-attr]
+        for column in _runs.columns
+        if column.default is None or not column.default.is_callable
+    }
+
+
+@functools.cache
+def _callable_defaults() -> tuple[tuple[str, Any], ...]:
+    # SQLAlchemy wraps a column's default callable to take the execution context (unused here).
+    return tuple(
+        (column.key, column.default.arg)  # type: ignore[union-attr]
+        for column in _runs.columns
+        if column.default is not None and column.default.is_callable
+    )
+
+
+@functools.cache
+def _insert_statement() -> sa.Insert:
+    return sa.insert(_runs)
+
+
+@functools.cache
+def _insert_unless_known_statement(dialect: str) -> sa.Insert:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return (
+        insert(_runs).on_conflict_do_nothing(index_elements=["flow_id", "idempotency_key"]).returning(_runs.c.id)
+    )
+
+
+@functools.cache
+def _parents_statement() -> sa.Select[Any]:
+    flow: sa.Table = orm.Flow.__table__  # type: ignore[assignment]
+    deployment: sa.Table = orm.Deployment.__table__  # type: ignore[assignment]
+    return (
+        sa.select(flow.c.labels, deployment.c.id, deployment.c.labels)
+        .select_from(flow.outerjoin(deployment, deployment.c.id == sa.bindparam("deployment_id", type_=sa.Uuid())))
+        .where(flow.c.id == sa.bindparam("flow_id"))
+    )
