@@ -1,6 +1,7 @@
 """Throw-away databases for the test suite: one per test session, built through the migrations."""
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,8 +48,26 @@ def temporary_database(tmp_dir: Path, dialect: str | None = None) -> Iterator[st
         admin.dispose()
 
 
+CLEAR_ATTEMPTS = 5
+
+
 def clear_tables(engine: sa.Engine) -> None:
-    """Empty every table, keeping the schema (between tests)."""
+    """Empty every table, keeping the schema (between tests).
+
+    A test's worker may still be finishing a follow-up task (a cleanup enqueued after commit);
+    if that transaction and the TRUNCATE deadlock, PostgreSQL aborts one of them: try again.
+    """
+    for attempt in range(1, CLEAR_ATTEMPTS + 1):
+        try:
+            _clear_tables_once(engine)
+            return
+        except sa.exc.OperationalError:
+            if attempt == CLEAR_ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
+
+
+def _clear_tables_once(engine: sa.Engine) -> None:
     from models.orm import Base
 
     tables = [t.name for t in Base.metadata.sorted_tables]
