@@ -178,7 +178,8 @@ def _release_statement(key: str) -> sa.Update:
         .group_by(released.c.concurrency_limit_id)
         .cte("counts")
     )
-    remaining = sa.case((_limits.c.active_slots > counts.c.released, _limits.c.active_slots - counts.c.released), else_=0)
+    slots, released_here = _limits.c.active_slots, counts.c.released
+    remaining = sa.case((slots > released_here, slots - released_here), else_=0)
     return (
         sa.update(_limits)
         .where(_limits.c.id == counts.c.concurrency_limit_id)

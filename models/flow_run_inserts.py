@@ -31,9 +31,9 @@ def read_parents(session: Session, flow_id: uuid.UUID, deployment_id: uuid.UUID 
     """The flow's and deployment's labels: from the session when it holds both, else one query.
     A missing flow or deployment is `ObjectNotFoundError`."""
     flow = session.identity_map.get(identity_key(orm.Flow, flow_id))
-    deployment = (
-        session.identity_map.get(identity_key(orm.Deployment, deployment_id)) if deployment_id is not None else None
-    )
+    deployment = None
+    if deployment_id is not None:
+        deployment = session.identity_map.get(identity_key(orm.Deployment, deployment_id))
     if flow is not None and (deployment_id is None or deployment is not None):
         return Parents(flow.labels, deployment.labels if deployment is not None else None)
     if session.autoflush:
@@ -118,17 +118,17 @@ def _insert_unless_known_statement(dialect: str) -> sa.Insert:
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return (
-        insert(_runs).on_conflict_do_nothing(index_elements=["flow_id", "idempotency_key"]).returning(_runs.c.id)
-    )
+    statement = insert(_runs).on_conflict_do_nothing(index_elements=["flow_id", "idempotency_key"])
+    return statement.returning(_runs.c.id)
 
 
 @functools.cache
 def _parents_statement() -> sa.Select[Any]:
     flow: sa.Table = orm.Flow.__table__  # type: ignore[assignment]
     deployment: sa.Table = orm.Deployment.__table__  # type: ignore[assignment]
+    deployment_id = sa.bindparam("deployment_id", type_=sa.Uuid())
     return (
         sa.select(flow.c.labels, deployment.c.id, deployment.c.labels)
-        .select_from(flow.outerjoin(deployment, deployment.c.id == sa.bindparam("deployment_id", type_=sa.Uuid())))
+        .select_from(flow.outerjoin(deployment, deployment.c.id == deployment_id))
         .where(flow.c.id == sa.bindparam("flow_id"))
     )

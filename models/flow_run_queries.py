@@ -46,23 +46,25 @@ def read_flow_runs(
     The current state comes joined to each run; queues and pools (few, shared by many runs, and
     often absent) come by a second query for the distinct ones, only when some run has one.
     """
-    query = (
-        sa.select(orm.FlowRun)
-        .options(selectinload(orm.FlowRun.work_queue).joinedload(orm.WorkQueue.work_pool))
-        .where(
-            *_flow_run_criteria(
-                flow_filter=flow_filter,
-                flow_run_filter=flow_run_filter,
-                task_run_filter=task_run_filter,
-                deployment_filter=deployment_filter,
-                work_pool_filter=work_pool_filter,
-                work_queue_filter=work_queue_filter,
-            )
-        )
-        .order_by(*sort.as_sql_sort())
-        .offset(offset)
-        .limit(limit)
+    criteria = _flow_run_criteria(
+        flow_filter=flow_filter,
+        flow_run_filter=flow_run_filter,
+        task_run_filter=task_run_filter,
+        deployment_filter=deployment_filter,
+        work_pool_filter=work_pool_filter,
+        work_queue_filter=work_queue_filter,
     )
+    query = sa.select(orm.FlowRun).options(
+        selectinload(orm.FlowRun.work_queue).joinedload(orm.WorkQueue.work_pool)
+    )
+    if task_run_filter is not None:
+        # A semi-join against task runs walks many runs to fill a page: find the page's ids from
+        # the indexes alone first, then read just those rows (same rows, same order).
+        page = sa.select(orm.FlowRun.id).where(*criteria).order_by(*sort.as_sql_sort())
+        query = query.where(orm.FlowRun.id.in_(page.offset(offset).limit(limit).scalar_subquery()))
+        query = query.order_by(*sort.as_sql_sort())
+    else:
+        query = query.where(*criteria).order_by(*sort.as_sql_sort()).offset(offset).limit(limit)
     if columns:
         query = query.options(load_only(*_column_attributes(columns)))
     return list(session.scalars(query).unique())
@@ -82,8 +84,19 @@ def count_flow_runs(
     The flow, deployment, work queue and work pool filters are INNER JOINs instead of EXISTS:
     each joins at most one row per run (many-to-one), so the count cannot inflate, and a run
     without the related row drops out exactly as EXISTS would drop it. Task runs are the
-    one-to-many side and always stay an EXISTS.
+    one-to-many side and stay an EXISTS, except when they are the only filter: the count is then
+    that of the distinct runs of the matching task runs (each one's run exists: the foreign key
+    cascades), with no probe into `flow_run` per task run.
     """
+    others = (flow_filter, flow_run_filter, deployment_filter, work_pool_filter, work_queue_filter)
+    if task_run_filter is not None and all(other is None for other in others):
+        runs = (
+            sa.select(orm.TaskRun.flow_run_id)
+            .where(orm.TaskRun.flow_run_id.is_not(None), task_run_filter.as_sql_filter())
+            .distinct()
+            .subquery()
+        )
+        return session.scalar(sa.select(sa.func.count()).select_from(runs)) or 0
     query = sa.select(sa.func.count()).select_from(orm.FlowRun)
     if flow_run_filter is not None:
         query = query.where(flow_run_filter.as_sql_filter())

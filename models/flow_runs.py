@@ -1,6 +1,5 @@
 """The flow-run model functions. Each takes the caller's session; none commits."""
 
-import datetime
 import functools
 import uuid
 from typing import Any
@@ -169,7 +168,8 @@ def set_flow_run_state(
     from orchestration.context import proposed_state_from
 
     proposed = proposed_state_from(state)
-    run, initial_state, lookups = _lock_for_orchestration(session, flow_run_id, proposed.state_details.transition_id)
+    transition_id = proposed.state_details.transition_id
+    run, initial_state, lookups = _lock_for_orchestration(session, flow_run_id, transition_id)
     return _orchestrate(
         session, run, initial_state, proposed, lookups, None if force else flow_policy,
         orchestration_parameters, client_version,

@@ -75,7 +75,12 @@ def set_task_run_state(
     The minimal task policy applies when `force` is set or no policy is given; the global task
     transforms keep the run's times and counts. Raises `ObjectNotFoundError` for an unknown id.
     """
-    from orchestration.context import TaskOrchestrationContext, locked_current_state, proposed_state_from, state_from_row
+    from orchestration.context import (
+        TaskOrchestrationContext,
+        locked_current_state,
+        proposed_state_from,
+        state_from_row,
+    )
     from orchestration.engine import orchestrate
     from orchestration.task_policy import GlobalTaskPolicy, MinimalTaskPolicy
 

@@ -188,7 +188,8 @@ def _lock_flow_run_statement() -> sa.Select[Any]:
             .outerjoin(deployment, deployment.c.id == run.c.deployment_id)
             .outerjoin(limit, limit.c.id == deployment.c.concurrency_limit_id)
             .outerjoin(
-                holding, sa.and_(holding.c.concurrency_limit_id == limit.c.id, holding.c.flow_run_id == run.c.id)
+                holding,
+                sa.and_(holding.c.concurrency_limit_id == limit.c.id, holding.c.flow_run_id == run.c.id),
             )
         )
         .where(run.c.id == sa.bindparam("run_id"))
@@ -257,7 +258,8 @@ def _locked_run(session: Session, tables: RunTables, row: Sequence[Any]) -> tupl
     state_id = values["state_id"]
     if state_id is None or state[0] == state_id:
         return LockedRun(values, StateRecord(*state) if state[0] is not None else None), True
-    current = session.connection().execute(_read_state_statement(tables), {"state_id": state_id}).one_or_none()
+    statement = _read_state_statement(tables)
+    current = session.connection().execute(statement, {"state_id": state_id}).one_or_none()
     return LockedRun(values, StateRecord(*current) if current is not None else None), False
 
 

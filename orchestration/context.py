@@ -41,7 +41,6 @@ from models.transition_sql import (
     FLOW_RUNS,
     TASK_RUNS,
     DeploymentSlot,
-    LockedRun,
     RunTables,
     StateRecord,
     update_run,
@@ -86,7 +85,8 @@ def locked_current_state(session: Session, run: Any) -> State | None:
     way already.)
     """
     row = run.state
-    if isinstance(run, (orm.FlowRun, orm.TaskRun)) and run.state_id is not None and (row is None or row.id != run.state_id):
+    stale = run.state_id is not None and (row is None or row.id != run.state_id)
+    if stale and isinstance(run, (orm.FlowRun, orm.TaskRun)):
         state_type = orm.FlowRunState if isinstance(run, orm.FlowRun) else orm.TaskRunState
         row = session.get(state_type, run.state_id, populate_existing=True)
         set_committed_value(run, "state", row)
@@ -231,7 +231,9 @@ class OrchestrationContext(Generic[RunT]):
         if not isinstance(self.run, orm.Base):
             self.run.state = StateRecord(**{name: row[name] for name in StateRecord._fields})
 
-    def _keep_instance_in_step(self, changes: dict[str, Any], state_row: dict[str, Any] | None = None) -> None:
+    def _keep_instance_in_step(
+        self, changes: dict[str, Any], state_row: dict[str, Any] | None = None
+    ) -> None:
         """Mark what was just written as committed on the session's ORM instance of the run (the
         run itself, or the one the session holds beside a `LockedRun`, e.g. a run created in
         this transaction), as if the session had loaded it so: it is current, and a flush has
@@ -242,7 +244,8 @@ class OrchestrationContext(Generic[RunT]):
         for key, value in changes.items():
             set_committed_value(instance, key, value)
         if state_row is not None:
-            state = self.TABLES.state_class(**state_row)
+            state = self.TABLES.state_class()
+            sa.inspect(state).dict.update(state_row)  # as a load fills it: no attribute events
             make_transient_to_detached(state)
             self.session.add(state)
             set_committed_value(instance, "state", state)
@@ -338,7 +341,10 @@ def _transition_made_statement() -> sa.Select[Any]:
     state = orm.FlowRunState.__table__
     return (
         sa.select(state.c.id)
-        .where(state.c.flow_run_id == sa.bindparam("run_id"), state.c.transition_id == sa.bindparam("transition_id"))
+        .where(
+            state.c.flow_run_id == sa.bindparam("run_id"),
+            state.c.transition_id == sa.bindparam("transition_id"),
+        )
         .limit(1)
     )
 
@@ -349,12 +355,16 @@ def _deployment_slot_statement() -> sa.Select[Any]:
     limit = orm.ConcurrencyLimit.__table__
     holding = orm.SlotHolding.__table__
     return (
-        sa.select(limit.c.id, limit.c.limit, limit.c.active_slots, deployment.c.concurrency_options, holding.c.id)
+        sa.select(
+            limit.c.id, limit.c.limit, limit.c.active_slots, deployment.c.concurrency_options, holding.c.id
+        )
         .select_from(deployment)
         .outerjoin(limit, limit.c.id == deployment.c.concurrency_limit_id)
         .outerjoin(
             holding,
-            sa.and_(holding.c.concurrency_limit_id == limit.c.id, holding.c.flow_run_id == sa.bindparam("run_id")),
+            sa.and_(
+                holding.c.concurrency_limit_id == limit.c.id, holding.c.flow_run_id == sa.bindparam("run_id")
+            ),
         )
         .where(deployment.c.id == sa.bindparam("deployment_id"))
     )

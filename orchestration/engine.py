@@ -37,8 +37,8 @@ def orchestrate(
     """Govern the context's transition with the policy then the global transforms; write the
     outcome. A rule's error is re-raised after every rule has exited."""
     intended = (context.initial_state_type, context.proposed_state_type)
-    rule_classes = _guarding_rules(tuple(policy), *intended) + _guarding_rules(tuple(global_policy), *intended)
-    rules = [rule(context, *intended) for rule in rule_classes]
+    guarding = _guarding_rules(tuple(policy), *intended) + _guarding_rules(tuple(global_policy), *intended)
+    rules = [rule(context, *intended) for rule in guarding]
     _run_rules(rules, context)
     context.save_run()
     if context.orchestration_error is not None:

@@ -15,6 +15,8 @@ from models.types import now_utc, uuid7
 def _require_aware(value: datetime.datetime) -> datetime.datetime:
     if value.tzinfo is None:
         raise ValueError("timestamp must carry a UTC offset")
+    if value.tzinfo is datetime.timezone.utc:
+        return value  # the common case (read back from the database): nothing to convert
     return value.astimezone(datetime.timezone.utc)
 
 
@@ -88,7 +90,9 @@ __all__ = [
 ]
 
 
-_IMMUTABLE = (type(None), str, bytes, bool, int, float, UUID, datetime.datetime, datetime.timedelta, enum.Enum)
+_IMMUTABLE = (
+    type(None), str, bytes, bool, int, float, UUID, datetime.datetime, datetime.timedelta, enum.Enum
+)
 
 
 def deep_copy(model: ModelT) -> ModelT:

@@ -81,7 +81,9 @@ class DependencyResult(FlowrunsModel):
     untrackable_result: bool
 
 
-_RUN_ATTRIBUTES = tuple(name for name in FlowRunResponse.model_fields if name not in ("work_pool_id", "work_pool_name"))
+_RUN_ATTRIBUTES = tuple(
+    name for name in FlowRunResponse.model_fields if name not in ("work_pool_id", "work_pool_name")
+)
 _STATE_ATTRIBUTES = tuple(State.model_fields)
 
 
