@@ -26,6 +26,9 @@ from models.types import Timestamp, now_utc
 
 logger = logging.getLogger(__name__)
 
+_RELEASED = "flowruns.slots_released"
+"""`session.info` key: how many slots this session's transactions released (see `slots_released`)."""
+
 Limit = orm.ConcurrencyLimit
 Holding = orm.SlotHolding
 
@@ -57,6 +60,24 @@ def release_flow_run_slots(session: Session, flow_run_id: uuid.UUID) -> int:
     return _release(session, Holding.flow_run_id, flow_run_id)
 
 
+def release_slots_of_inactive_run(session: Session, flow_run_id: uuid.UUID) -> int:
+    """Give back the run's slots only if it is gone or not PENDING, RUNNING or CANCELLING; how many.
+
+    For a late safety net: a run that moved on and secured a slot again keeps it.
+    """
+    run = session.execute(
+        sa.select(orm.FlowRun.state_type).where(orm.FlowRun.id == flow_run_id).with_for_update()
+    ).first()
+    if run is not None and run.state_type in ACTIVE_STATES:
+        return 0
+    return release_flow_run_slots(session, flow_run_id)
+
+
+def slots_released(session: Session) -> int:
+    """How many slots were released through this session (by any rule or function)."""
+    return int(session.info.get(_RELEASED, 0))
+
+
 def holding_for(session: Session, flow_run_id: uuid.UUID, limit_id: uuid.UUID) -> uuid.UUID | None:
     """The id of the run's holding of the limit, if it holds a slot of it."""
     return session.execute(
@@ -75,8 +96,16 @@ def holds_slot(session: Session, flow_run_id: uuid.UUID, limit_id: uuid.UUID | N
 
 
 def _release(session: Session, key: sa.ColumnElement[Any], value: uuid.UUID) -> int:
-    """Delete the holdings whose `key` is `value`, then decrement the limits of those actually
-    deleted (one statement on PostgreSQL)."""
+    """Release the holdings whose `key` is `value`, counted in the session (`slots_released`)."""
+    count = _delete_holdings(session, key, value)
+    if count:
+        session.info[_RELEASED] = slots_released(session) + count
+    return count
+
+
+def _delete_holdings(session: Session, key: sa.ColumnElement[Any], value: uuid.UUID) -> int:
+    """Delete the holdings, then decrement the limits of those actually deleted (one statement on
+    PostgreSQL); how many."""
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         released = connection.execute(_release_statement(key.key), {"value": value, "now": now_utc()})

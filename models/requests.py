@@ -1,12 +1,16 @@
 """The inbox: one row per state-changing task id, written in the same transaction as its effect.
 
-A task claims its id before doing anything: on PostgreSQL a second copy of the same task id
-blocks on the first copy's uncommitted row and, once that commits, finds the recorded outcome
-instead of orchestrating again. If a copy nevertheless loses a race at commit (the primary key
-is the last guard), the caller rolls back and runs the unit again, which then finds the record.
+A task first looks its id up: a copy that already committed left its outcome, which is returned
+without doing anything again. Otherwise the task does its work and records the outcome at the
+end, in the same transaction. Two copies running at once both get past the look-up; the second
+one's INSERT waits for the first copy's uncommitted row and, once that commits, inserts nothing:
+the caller rolls back (the copy's work goes with it) and runs again, finding the record.
+
+Both statements are Core, built once, on the session's connection: two round trips per task.
 """
 
 import datetime
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from models import orm
-from models.database import dialect_insert
 from models.errors import ValidationError
 from models.types import now_utc
 
-
-_CLAIMED = "flowruns.claimed_requests"
-"""`session.info` key: task id -> the transaction that claimed it (a claim counts only there)."""
+_requests: sa.Table = orm.ProcessedRequest.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -31,57 +32,45 @@ class Recorded:
     outcome: Any
 
 
+@functools.cache
+def _find_statement() -> sa.Select[Any]:
+    return sa.select(_requests.c.name, _requests.c.outcome).where(_requests.c.task_id == sa.bindparam("task_id"))
+
+
+@functools.cache
+def _record_statement(dialect: str) -> Any:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert = postgresql.insert(_requests) if dialect == "postgresql" else sqlite.insert(_requests)
+    return insert.on_conflict_do_nothing(index_elements=["task_id"]).returning(_requests.c.task_id)
+
+
 def find_outcome(session: Session, task_id: str) -> Recorded | None:
     """The recorded outcome of `task_id`, or None if no copy of it has committed."""
-    row = session.execute(
-        sa.select(orm.ProcessedRequest.name, orm.ProcessedRequest.outcome).where(
-            orm.ProcessedRequest.task_id == task_id
-        )
-    ).one_or_none()
+    row = session.connection().execute(_find_statement(), {"task_id": task_id}).one_or_none()
     return None if row is None else Recorded(name=row.name, outcome=row.outcome)
 
 
-def claim(session: Session, task_id: str, name: str) -> Recorded | None:
-    """Take `task_id` for this transaction; if a copy already committed, return its outcome.
+def replayed_outcome(session: Session, task_id: str, name: str) -> Recorded | None:
+    """The outcome a committed copy of this task recorded, or None if there is none yet.
 
-    None means the caller owns the id and must `record_outcome` before committing. A recorded
-    id of another task name is refused: task ids are not to be reused across tasks.
+    A recorded id of another task name is refused: task ids are not to be reused across tasks.
     """
-    claimed = session.execute(
-        dialect_insert(session, orm.ProcessedRequest)
-        .values(task_id=task_id, name=name, outcome=None, created=now_utc())
-        .on_conflict_do_nothing(index_elements=["task_id"])
-        .returning(orm.ProcessedRequest.task_id)
-    ).scalar_one_or_none()
-    if claimed is not None:
-        session.info.setdefault(_CLAIMED, {})[task_id] = session.get_transaction()
-        return None
     recorded = find_outcome(session, task_id)
-    if recorded is None:  # pragma: no cover - the conflicting row cannot vanish inside one statement
-        raise RuntimeError(f"task id {task_id} conflicts with an inbox row that is not there")
-    if recorded.name != name:
+    if recorded is not None and recorded.name != name:
         raise ValidationError(f"task_id: {task_id} was already used by task {recorded.name!r}")
     return recorded
 
 
-def record_outcome(session: Session, task_id: str, name: str, outcome: Any) -> None:
+def record_outcome(session: Session, task_id: str, name: str, outcome: Any) -> bool:
     """Record what `task_id` returned, in the caller's transaction.
 
-    Fills in the row this transaction claimed; without a claim it INSERTs, and a copy that
-    committed first makes the INSERT fail with IntegrityError (the caller then runs again).
+    False when a copy of the task recorded first (the statement waits for that copy's transaction
+    if it is still open): the caller must roll back, its work is a duplicate.
     """
-    claimed_in = session.info.get(_CLAIMED, {}).pop(task_id, None)
-    if claimed_in is not None and claimed_in is session.get_transaction():
-        session.execute(
-            sa.update(orm.ProcessedRequest)
-            .where(orm.ProcessedRequest.task_id == task_id)
-            .values(outcome=outcome)
-            .execution_options(synchronize_session=False)
-        )
-        return
-    session.execute(
-        sa.insert(orm.ProcessedRequest).values(task_id=task_id, name=name, outcome=outcome, created=now_utc())
-    )
+    statement = _record_statement(session.get_bind().dialect.name)
+    values = {"task_id": task_id, "name": name, "outcome": outcome, "created": now_utc()}
+    return session.connection().execute(statement, values).first() is not None
 
 
 def prune(session: Session, older_than: datetime.datetime) -> int:

@@ -26,6 +26,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from models import requests
+from models.concurrency_slots import slots_released
 from models.database import unit_of_work
 from models.errors import FlowRunGraphTooLarge, ObjectNotFoundError, ValidationError
 from models.settings import get_settings
@@ -48,7 +49,7 @@ BACKOFF_BASE_SECONDS = 1.0
 """The first retry waits up to this long; each further retry doubles the bound."""
 
 INBOX_RACE_RERUNS = 2
-"""How often a unit that lost an inbox race at commit runs again to find the winner's record."""
+"""How often a unit that lost the inbox race (a copy recorded first) runs again to find that record."""
 
 FOLLOW_UP_NAMESPACE = uuid.UUID("5b0c64f2-3f0c-4d34-9a8c-0c8f6f0e7a11")
 """Follow-up task ids are UUIDv5 in this namespace, so a replay re-sends the same ids."""
@@ -63,7 +64,9 @@ class FollowUp(NamedTuple):
 
 
 Handler = Callable[[Session, Any, str], Any]
-FollowUps = Callable[[Any, Any, str], Sequence[FollowUp]]
+FollowUps = Callable[[Any, Any, str, "int | None"], Sequence[FollowUp]]
+"""`(body, outcome, task_id, slots_released)`: what to enqueue after commit. `slots_released` is
+None when the outcome is a recorded one (a replay: what the first copy released is not known)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +90,32 @@ def follow_up_id(task_id: str, name: str) -> str:
 
 def parse_body(model: type[pydantic.BaseModel], kwargs: dict[str, Any]) -> pydantic.BaseModel:
     """Validate the task's kwargs; any error names its field path (`flow_run.state.type: ...`)."""
+    if (path := nul_character_path(kwargs)) is not None:
+        raise ValidationError(f"{path}: NUL characters (\\u0000) cannot be stored")
     try:
         return model.model_validate(kwargs)
     except pydantic.ValidationError as error:
         raise ValidationError(describe_validation_error(error)) from None
+
+
+def nul_character_path(value: Any, path: str = "") -> str | None:
+    """The path of the first string (value or key) holding a NUL character, which PostgreSQL
+    can store neither in text nor in JSON; None if there is none."""
+    if isinstance(value, str):
+        return (path or "kwargs") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = str(key).replace("\x00", "\\x00")
+            inner = f"{path}.{name}" if path else name
+            if isinstance(key, str) and "\x00" in key:
+                return inner
+            if (found := nul_character_path(item, inner)) is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if (found := nul_character_path(item, f"{path}.{index}" if path else str(index))) is not None:
+                return found
+    return None
 
 
 def describe_validation_error(error: pydantic.ValidationError) -> str:
@@ -109,20 +134,35 @@ def to_json(value: Any) -> Any:
     return pydantic_core.to_jsonable_python(value, timedelta_mode="float")
 
 
-def run_unit(spec: TaskSpec, body: Any, task_id: str) -> Any:
+class _LostInboxRace(Exception):
+    """A copy of the task recorded first: this copy's transaction must not commit."""
+
+
+class UnitResult(NamedTuple):
+    outcome: Any
+    slots_released: int | None
+    """Concurrency slots the unit released; None for a recorded outcome (a replay)."""
+
+
+def run_unit(spec: TaskSpec, body: Any, task_id: str) -> UnitResult:
     """Run the handler in one transaction; a recorded task returns its earlier outcome instead."""
     for attempt in itertools.count(1):
         try:
             with unit_of_work() as session:
-                if spec.recorded and (seen := requests.claim(session, task_id, spec.name)) is not None:
+                if spec.recorded and (seen := requests.replayed_outcome(session, task_id, spec.name)) is not None:
                     logger.info("%s[%s] already processed; returning the recorded outcome", spec.name, task_id)
-                    return seen.outcome
+                    return UnitResult(seen.outcome, None)
                 outcome = to_json(spec.handler(session, body, task_id))
-                if spec.recorded:
-                    requests.record_outcome(session, task_id, spec.name, outcome)
-            return outcome
-        except sa_exc.IntegrityError:
+                if spec.recorded and not requests.record_outcome(session, task_id, spec.name, outcome):
+                    raise _LostInboxRace
+                released = slots_released(session)
+            return UnitResult(outcome, released)
+        except (_LostInboxRace, sa_exc.IntegrityError) as error:
+            # An IntegrityError may be a copy's row too (a unique key the copy wrote first):
+            # running again finds the copy's record, or raises the error if it was not a copy.
             if not spec.recorded or attempt > INBOX_RACE_RERUNS:
+                if isinstance(error, _LostInboxRace):
+                    raise RuntimeError(f"{spec.name}[{task_id}] lost the inbox race {attempt} times") from None
                 raise
             logger.info("%s[%s] lost a race to a copy of itself; running again", spec.name, task_id)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -147,9 +187,9 @@ class FlowrunsTask(Task):
         task_id = self.request.id or str(uuid.uuid4())
         settings = get_settings()
         try:
-            outcome = run_unit(self.spec, body, task_id)
+            outcome, released = run_unit(self.spec, body, task_id)
             if self.spec.follow_ups is not None:
-                send_follow_ups(self, self.spec.follow_ups(body, outcome, task_id))
+                send_follow_ups(self, self.spec.follow_ups(body, outcome, task_id, released))
         except CONNECTION_ERRORS as error:
             countdown = retry_countdown(self.request.retries, settings.task_retry_backoff_max_seconds)
             logger.warning("%s[%s] lost a connection (%s); retrying in %.1fs", self.name, task_id, error, countdown)

@@ -7,9 +7,10 @@ from pydantic import Field, field_validator
 from sqlalchemy.orm import Session
 
 from models import flow_runs
+from models.concurrency_slots import release_slots_of_inactive_run
 from models.errors import ObjectNotFoundError
 from models.schemas.actions import FlowRunCreate, FlowRunUpdate, StateCreate
-from models.schemas.base import ActionModel, DateTime
+from models.schemas.base import INT64_MAX, ActionModel, DateTime
 from models.schemas.filters import (
     DeploymentFilter,
     FlowFilter,
@@ -60,7 +61,7 @@ class CountFlowRuns(ActionModel):
 
 
 class ReadFlowRuns(CountFlowRuns):
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=INT64_MAX)
     limit: int | None = Field(default=None, validate_default=True)
     sort: FlowRunSort = FlowRunSort.ID_DESC
 
@@ -80,20 +81,32 @@ class ReadFlowRunGraph(FlowRunId):
     since: DateTime | None = None
 
 
-def cleanup_follow_up(flow_run_id: uuid.UUID, task_id: str) -> list[FollowUp]:
-    """After a run left its slot-holding states: release whatever it still holds (idempotent)."""
-    return [FollowUp(CLEANUP, {"flow_run_id": str(flow_run_id)}, follow_up_id(task_id, CLEANUP))]
+class CleanupSlots(FlowRunId):
+    only_if_inactive: bool = False
+    """Release only if the run is gone or not PENDING, RUNNING or CANCELLING (the follow-ups'
+    mode: a run that secured a slot again since the follow-up was sent keeps it)."""
 
 
-def _after_set_state(body: SetFlowRunState, outcome: dict[str, Any], task_id: str) -> list[FollowUp]:
+def cleanup_follow_up(flow_run_id: uuid.UUID, task_id: str, slots_released: int | None) -> list[FollowUp]:
+    """After a run released its slot (or, on a replay, may have): a retried safety net that releases
+    whatever the run, no longer active, still holds. Runs that held no slot need none."""
+    if slots_released == 0:
+        return []
+    kwargs = {"flow_run_id": str(flow_run_id), "only_if_inactive": True}
+    return [FollowUp(CLEANUP, kwargs, follow_up_id(task_id, CLEANUP))]
+
+
+def _after_set_state(
+    body: SetFlowRunState, outcome: dict[str, Any], task_id: str, slots_released: int | None
+) -> list[FollowUp]:
     state = outcome.get("state") or {}
     if outcome["status"] == SetStateStatus.ACCEPT.value and state.get("type") in TERMINAL_STATES:
-        return cleanup_follow_up(body.flow_run_id, task_id)
+        return cleanup_follow_up(body.flow_run_id, task_id, slots_released)
     return []
 
 
-def _after_delete(body: FlowRunId, deleted: bool, task_id: str) -> list[FollowUp]:
-    return cleanup_follow_up(body.flow_run_id, task_id) if deleted else []
+def _after_delete(body: FlowRunId, deleted: bool, task_id: str, slots_released: int | None) -> list[FollowUp]:
+    return cleanup_follow_up(body.flow_run_id, task_id, slots_released) if deleted else []
 
 
 def transition_id_for(task_id: str) -> uuid.UUID:
@@ -159,10 +172,13 @@ def delete_flow_run(session: Session, body: FlowRunId, task_id: str) -> bool:
     return flow_runs.delete_flow_run(session, body.flow_run_id)
 
 
-@flowruns_task(CLEANUP, FlowRunId, recorded=True)
-def cleanup_flow_run_concurrency_slots(session: Session, body: FlowRunId, task_id: str) -> None:
+@flowruns_task(CLEANUP, CleanupSlots, recorded=True)
+def cleanup_flow_run_concurrency_slots(session: Session, body: CleanupSlots, task_id: str) -> None:
     """Release the slot the run holds, if any; a no-op for a run that holds none or is gone."""
-    flow_runs.cleanup_flow_run_concurrency_slots(session, body.flow_run_id)
+    if body.only_if_inactive:
+        release_slots_of_inactive_run(session, body.flow_run_id)
+    else:
+        flow_runs.cleanup_flow_run_concurrency_slots(session, body.flow_run_id)
 
 
 @flowruns_task("flow_runs.read_task_run_dependencies", FlowRunId, recorded=False)

@@ -190,19 +190,19 @@ def test_read_tasks_are_not_recorded(flow_id: str) -> None:
 def test_a_copy_that_loses_the_race_at_commit_returns_the_winners_outcome(
     monkeypatch: pytest.MonkeyPatch, flow_id: str
 ) -> None:
-    """Simulate the window the claim normally closes: the copy did not see the winner's row,
-    orchestrates, and fails on the primary key at the end; it runs again and finds the record."""
+    """A copy that did not see the winner's record (they ran at once) orchestrates, records
+    nothing at the end, rolls back and runs again, and then finds the record."""
     run = create_run(flow_id)
     task_id = new_id()
     winner = propose(run["id"], "RUNNING", task_id)
-    real_claim = requests.claim
+    real_lookup = requests.replayed_outcome
     calls: list[str] = []
 
-    def blind_first_claim(session: Session, task_id: str, name: str) -> Any:
+    def blind_first_lookup(session: Session, task_id: str, name: str) -> Any:
         calls.append(task_id)
-        return None if len(calls) == 1 else real_claim(session, task_id, name)
+        return None if len(calls) == 1 else real_lookup(session, task_id, name)
 
-    monkeypatch.setattr(requests, "claim", blind_first_claim)
+    monkeypatch.setattr(requests, "replayed_outcome", blind_first_lookup)
     assert propose(run["id"], "RUNNING", task_id) == winner
     assert len(calls) == 2
     assert history(run["id"]) == ["Pending", "Running"]
@@ -210,21 +210,19 @@ def test_a_copy_that_loses_the_race_at_commit_returns_the_winners_outcome(
 
 def test_inbox_functions(session: Session) -> None:
     assert requests.find_outcome(session, "t1") is None
-    assert requests.claim(session, "t1", "flows.create_flow") is None
-    requests.record_outcome(session, "t1", "flows.create_flow", {"id": 1})
-    requests.record_outcome(session, "t2", "flow_runs.cleanup_flow_run_concurrency_slots", None)
+    assert requests.replayed_outcome(session, "t1", "flows.create_flow") is None
+    assert requests.record_outcome(session, "t1", "flows.create_flow", {"id": 1}) is True
+    assert requests.record_outcome(session, "t2", "flow_runs.cleanup_flow_run_concurrency_slots", None) is True
     session.commit()
     assert requests.find_outcome(session, "t1") == requests.Recorded("flows.create_flow", {"id": 1})
-    assert requests.claim(session, "t2", "flow_runs.cleanup_flow_run_concurrency_slots") == requests.Recorded(
-        "flow_runs.cleanup_flow_run_concurrency_slots", None
+    assert requests.replayed_outcome(session, "t2", "flow_runs.cleanup_flow_run_concurrency_slots") == (
+        requests.Recorded("flow_runs.cleanup_flow_run_concurrency_slots", None)
     )
     with pytest.raises(ValidationError, match="task_id"):
-        requests.claim(session, "t1", "flows.other")
+        requests.replayed_outcome(session, "t1", "flows.other")
+    assert requests.record_outcome(session, "t1", "flows.create_flow", {"id": 2}) is False
     session.rollback()
-    with pytest.raises(sa.exc.IntegrityError):
-        requests.record_outcome(session, "t1", "flows.create_flow", {"id": 2})
-        session.flush()
-    session.rollback()
+    assert requests.find_outcome(session, "t1") == requests.Recorded("flows.create_flow", {"id": 1})
     from models.types import now_utc
 
     assert requests.prune(session, now_utc()) == 2
@@ -233,7 +231,7 @@ def test_inbox_functions(session: Session) -> None:
 
 @pytest.mark.postgres_only
 def test_concurrent_copies_of_one_transition_write_one_state(flow_id: str) -> None:
-    """Two copies of the same task id at the same time: the second waits on the first's claim."""
+    """Two copies of the same task id at the same time: one state, both answers the winner's."""
     for _ in range(5):
         run = create_run(flow_id)
         task_id = new_id()

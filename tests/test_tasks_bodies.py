@@ -150,11 +150,53 @@ def test_set_flow_run_state_through_a_whole_life(flow_id: str, follow_ups: list[
     assert ISO_WITH_OFFSET.match(completed["state"]["timestamp"])
     stored = ok(flow_runs.read_flow_run, flow_run_id=run["id"])
     assert stored["state_type"] == "COMPLETED" and stored["total_run_time"] >= 0.0
-    # Leaving RUNNING for a terminal state: a cleanup follows, under an id derived from the request.
+    assert follow_ups == []  # the run held no slot: nothing to clean up after
+
+
+def limited_run(flow_id: str) -> dict[str, Any]:
+    deployment = ok(
+        deployments.create_deployment,
+        deployment={"name": "limited", "flow_id": flow_id, "concurrency_limit": 1},
+    )
+    return create_run(flow_id, deployment_id=deployment["id"], state={"type": "SCHEDULED"})
+
+
+def test_a_terminal_transition_that_released_a_slot_sends_a_cleanup(flow_id: str, follow_ups: list[Any]) -> None:
+    run = limited_run(flow_id)
+    propose(run["id"], "PENDING")
+    propose(run["id"], "RUNNING")
+    assert follow_ups == []
+    completed_id = new_id()
+    propose(run["id"], "COMPLETED", completed_id)
+    # The slot went back in the transition; the follow-up, under an id derived from the request,
+    # is the retried safety net, in the mode that spares a run that is active again.
     cleanup = flow_runs.CLEANUP
     assert [(f.name, f.kwargs, f.task_id) for f in follow_ups] == [
-        (cleanup, {"flow_run_id": run["id"]}, follow_up_id(completed_id, cleanup))
+        (cleanup, {"flow_run_id": run["id"], "only_if_inactive": True}, follow_up_id(completed_id, cleanup))
     ]
+    # A replay of the request cannot know what the first copy released: it sends the same follow-up.
+    propose(run["id"], "COMPLETED", completed_id)
+    assert [f.task_id for f in follow_ups] == [follow_up_id(completed_id, cleanup)] * 2
+
+
+def test_a_late_cleanup_follow_up_spares_a_slot_secured_again(
+    session: Session, flow_id: str, follow_ups: list[Any]
+) -> None:
+    run = limited_run(flow_id)
+    propose(run["id"], "PENDING")
+    propose(run["id"], "CRASHED")
+    assert len(follow_ups) == 1
+    propose(run["id"], "SCHEDULED")
+    propose(run["id"], "PENDING")  # secures the slot again before the follow-up runs
+    late = follow_ups[0]
+    assert ok(flow_runs.cleanup_flow_run_concurrency_slots, late.task_id, **late.kwargs) is None
+    assert session.scalar(sa.select(sa.func.count()).select_from(orm.SlotHolding)) == 1
+    assert session.scalar(sa.select(orm.ConcurrencyLimit.active_slots)) == 1
+    session.rollback()  # end the read (on SQLite, every transaction holds the write lock)
+    # Asked for by a producer (no mode), cleanup releases whatever the run holds, as Prefect's does.
+    assert ok(flow_runs.cleanup_flow_run_concurrency_slots, flow_run_id=run["id"]) is None
+    assert session.scalar(sa.select(sa.func.count()).select_from(orm.SlotHolding)) == 0
+    assert session.scalar(sa.select(orm.ConcurrencyLimit.active_slots)) == 0
 
 
 def test_task_id_is_the_transition_id_unless_the_state_carries_one(flow_id: str) -> None:
@@ -201,13 +243,23 @@ def test_read_flow_run_states_is_the_history_oldest_first(flow_id: str) -> None:
 # ----------------------------------------------------------------------- delete and cleanup
 
 
-def test_delete_flow_run_then_false_and_a_cleanup_follows(flow_id: str, follow_ups: list[Any]) -> None:
+def test_delete_flow_run_then_false(flow_id: str, follow_ups: list[Any]) -> None:
     run = create_run(flow_id)
+    assert ok(flow_runs.delete_flow_run, flow_run_id=run["id"]) is True
+    assert follow_ups == []  # it held no slot
+    assert ok(flow_runs.delete_flow_run, flow_run_id=run["id"]) is False
+    assert isinstance(failure(flow_runs.read_flow_run, flow_run_id=run["id"]), ObjectNotFoundError)
+
+
+def test_deleting_a_run_that_holds_a_slot_releases_it_and_a_cleanup_follows(
+    session: Session, flow_id: str, follow_ups: list[Any]
+) -> None:
+    run = limited_run(flow_id)
+    propose(run["id"], "PENDING")
     task_id = new_id()
     assert ok(flow_runs.delete_flow_run, task_id, flow_run_id=run["id"]) is True
     assert [f.task_id for f in follow_ups] == [follow_up_id(task_id, flow_runs.CLEANUP)]
-    assert ok(flow_runs.delete_flow_run, flow_run_id=run["id"]) is False
-    assert isinstance(failure(flow_runs.read_flow_run, flow_run_id=run["id"]), ObjectNotFoundError)
+    assert session.scalar(sa.select(orm.ConcurrencyLimit.active_slots)) == 0
 
 
 def test_cleanup_of_unknown_run_is_a_no_op() -> None:

@@ -123,9 +123,16 @@ def test_every_contract_task_over_the_wire(worker: Worker) -> None:
 
 
 def test_the_cleanup_follow_up_runs_on_the_worker(worker: Worker) -> None:
-    """A terminal transition enqueues the cleanup after commit; the worker runs it and records it."""
+    """A terminal transition that released a slot enqueues the cleanup after commit; the worker runs it."""
     flow = worker.call("flows.create_flow", flow={"name": "follow-up"})
-    run = worker.call("flow_runs.create_flow_run", flow_run={"flow_id": flow["id"]})
+    deployment = worker.call(
+        "deployments.create_deployment", deployment={"name": "d", "flow_id": flow["id"], "concurrency_limit": 1}
+    )
+    run = worker.call(
+        "flow_runs.create_flow_run",
+        flow_run={"flow_id": flow["id"], "deployment_id": deployment["id"], "state": {"type": "SCHEDULED"}},
+    )
+    worker.call("flow_runs.set_flow_run_state", flow_run_id=run["id"], state={"type": "PENDING"})
     task_id = new_id()
     worker.call("flow_runs.set_flow_run_state", task_id, flow_run_id=run["id"], state={"type": "CANCELLED"})
     from tasks.base import follow_up_id
