@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tasks import chaos
-from tasks import flow_runs, flows, task_runs
+from tasks import deployments, flow_runs, flows, task_runs, work_queues
 from tests.celery_support import REDIS_URL, _redis_available, apply, follow_ups, offline_app, ok, row_counts  # noqa: F401
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.postgres_only]
@@ -114,34 +114,44 @@ def test_redis_urls_keep_credentials_and_hide_them_in_output() -> None:
     assert chaos.safe_url("redis://user:pw@h:6379/13") == "redis://user:***@h:6379/13"
 
 
-# --------------------------------------------------------------------- a defect, documented
+# ------------------------------------------------- values PostgreSQL cannot store
 
-HOSTILE: list[tuple[Any, Any]] = [
-    (flows.create_flow, lambda w: {"flow": {"name": "nul\x00byte"}}),
-    (flow_runs.create_flow_run, lambda w: {"flow_run": {"flow_id": w["flow_id"], "parameters": {"x": "\x00"}}}),
+HOSTILE: list[tuple[Any, Any, str]] = [
+    (flows.create_flow, lambda w: {"flow": {"name": "nul\x00byte"}}, "flow.name"),
+    (flow_runs.create_flow_run, lambda w: {"flow_run": {"flow_id": w["flow_id"], "parameters": {"x": "\x00"}}},
+     "flow_run.parameters.x"),
+    (flow_runs.create_flow_run, lambda w: {"flow_run": {"flow_id": w["flow_id"], "parameters": {"k\x00": 1}}},
+     "flow_run.parameters.k"),
     (flow_runs.set_flow_run_state, lambda w: {"flow_run_id": w["run_id"], "state": {"type": "RUNNING",
-                                                                                      "message": "\x00"}}),
-    (flow_runs.read_flow_runs, lambda w: {"offset": 2**63}),
+                                                                                      "message": "\x00"}},
+     "state.message"),
+    (flow_runs.read_flow_runs, lambda w: {"offset": 2**63}, "offset"),
     (task_runs.create_task_run, lambda w: {"task_run": {"flow_run_id": w["run_id"], "task_key": "k\x00",
-                                                        "dynamic_key": "0"}}),
+                                                        "dynamic_key": "0"}}, "task_run.task_key"),
+    (task_runs.create_task_run, lambda w: {"task_run": {"flow_run_id": w["run_id"], "task_key": "k",
+                                                        "dynamic_key": "0", "tags": ["ok", "n\x00"]}},
+     "task_run.tags.1"),
+    (deployments.create_deployment, lambda w: {"deployment": {"name": "d", "flow_id": w["flow_id"],
+                                                              "concurrency_limit": 2**31}},
+     "deployment.concurrency_limit"),
+    (work_queues.create_work_queue, lambda w: {"work_queue": {"name": "q", "priority": 2**40}}, "work_queue.priority"),
 ]
 
 
 @pytest.mark.usefixtures("db", "follow_ups")
 @pytest.mark.parametrize("case", range(len(HOSTILE)))
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect (models/schemas): a NUL character in any string, or an integer beyond the column's range, "
-    "passes validation and fails in PostgreSQL as DataError (not ValidationError), its message carrying "
-    "the SQL statement. Remove this mark once the schemas refuse them."))
 def test_values_postgresql_cannot_store_are_refused_as_validation_errors(case: int) -> None:
+    """NUL characters anywhere (text and JSON alike) and integers beyond their column's range
+    fail as the contract's ValidationError naming the field, before anything is written."""
     flow = ok(flows.create_flow, flow={"name": "hostile"})
     run = ok(flow_runs.create_flow_run, flow_run={"flow_id": flow["id"]})
-    task, kwargs = HOSTILE[case]
+    task, kwargs, field = HOSTILE[case]
     before = row_counts()
     result = apply(task, **kwargs({"flow_id": flow["id"], "run_id": run["id"]}))
     assert row_counts() == before
     assert result.state == "FAILURE"
     assert type(result.result).__name__ == "ValidationError", f"{type(result.result).__name__}: {result.result}"
+    assert str(result.result).startswith(field), str(result.result)
 
 
 # ------------------------------------------------------------------------------------- CLI

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from models.schemas.base import ActionModel, DateTime, default_name
+from models.schemas.base import INT32_MAX, ActionModel, DateTime, default_name
 from models.schemas.core import (
     ConcurrencyOptions,
     FlowRunPolicy,
@@ -89,7 +89,7 @@ class DeploymentCreate(ActionModel):
     name: str = Field(min_length=1)
     flow_id: UUID
     paused: bool = False
-    concurrency_limit: int | None = Field(default=None, ge=1)
+    concurrency_limit: int | None = Field(default=None, ge=1, le=INT32_MAX)
     concurrency_options: ConcurrencyOptions | None = None
     global_concurrency_limit_id: UUID | None = None
     enforce_parameter_schema: bool = True
@@ -112,15 +112,15 @@ class WorkPoolCreate(ActionModel):
     type: str = "prefect-agent"
     base_job_template: dict[str, Any] = Field(default_factory=dict)
     is_paused: bool = False
-    concurrency_limit: int | None = Field(default=None, ge=0)
+    concurrency_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
 
 
 class WorkQueueCreate(ActionModel):
     name: str = Field(min_length=1)
     description: str | None = ""
     is_paused: bool = False
-    concurrency_limit: int | None = Field(default=None, ge=0)
-    priority: int | None = Field(default=None, ge=1)
+    concurrency_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    priority: int | None = Field(default=None, ge=1, le=INT32_MAX)
     work_pool_name: str | None = None
 
 

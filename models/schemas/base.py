@@ -22,6 +22,11 @@ def _require_aware(value: datetime.datetime) -> datetime.datetime:
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+INT32_MAX = 2**31 - 1
+"""The largest value of an INTEGER column (limits, priorities): larger ones are refused as invalid."""
+INT64_MAX = 2**63 - 1
+"""The largest BIGINT (offsets)."""
+
 DateTime = Annotated[datetime.datetime, AfterValidator(_require_aware)]
 """A timestamp that must carry its UTC offset; stored and returned as UTC."""
 
@@ -76,6 +81,8 @@ def default_name(value: Any) -> Any:
 
 
 __all__ = [
+    "INT32_MAX",
+    "INT64_MAX",
     "ActionModel",
     "ClassVar",
     "DateTime",
