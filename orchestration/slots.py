@@ -62,6 +62,14 @@ class _SlotRule(OrchestrationRule[FlowOrchestrationContext]):
 
     acquired: uuid.UUID | None = None
 
+    @staticmethod
+    def server_manages_slots(context: FlowOrchestrationContext) -> bool:
+        """The run has a deployment, and the client is not a worker that manages its slots itself."""
+        return (
+            context.run.deployment_id is not None
+            and context.client_version not in WORKER_VERSIONS_THAT_MANAGE_DEPLOYMENT_CONCURRENCY
+        )
+
     def secure_slot(self, proposed_state: State, context: FlowOrchestrationContext) -> bool | None:
         """Make sure the run holds a slot of its deployment's limit, stamping the holding id on
         the proposal. True: holds one; False: none free; None: the deployment has no limit."""
@@ -97,11 +105,7 @@ class SecureFlowConcurrencySlots(_SlotRule):
     def before_transition(
         self, initial_state: State | None, proposed_state: State | None, context: FlowOrchestrationContext
     ) -> None:
-        if (
-            proposed_state is None
-            or context.run.deployment_id is None
-            or context.client_version in WORKER_VERSIONS_THAT_MANAGE_DEPLOYMENT_CONCURRENCY
-        ):
+        if proposed_state is None or not self.server_manages_slots(context):
             return
         slot = context.deployment_slot()
         if not slot.found:
@@ -131,10 +135,7 @@ class ValidateDeploymentConcurrencyAtRunning(_SlotRule):
             return
         lease_id = initial_state.state_details.deployment_concurrency_lease_id
         proposed_state.state_details.deployment_concurrency_lease_id = lease_id
-        if (
-            context.run.deployment_id is None
-            or context.client_version in WORKER_VERSIONS_THAT_MANAGE_DEPLOYMENT_CONCURRENCY
-        ):
+        if not self.server_manages_slots(context):
             return
         if self.secure_slot(proposed_state, context) is False:
             self.reject_transition(
@@ -155,11 +156,7 @@ class SecureFlowConcurrencySlotsAtRunning(_SlotRule):
     def before_transition(
         self, initial_state: State | None, proposed_state: State | None, context: FlowOrchestrationContext
     ) -> None:
-        if (
-            proposed_state is None
-            or context.run.deployment_id is None
-            or context.client_version in WORKER_VERSIONS_THAT_MANAGE_DEPLOYMENT_CONCURRENCY
-        ):
+        if proposed_state is None or not self.server_manages_slots(context):
             return
         if self.secure_slot(proposed_state, context) is False:
             self.reject_transition(collision_outcome(context.deployment_slot()), LIMIT_REACHED)
