@@ -1,10 +1,12 @@
-"""Reading and counting flow runs through the filter bodies (re-exported by `models.flow_runs`).
+"""Reading and counting flow runs through the filter bodies (re-exported by `models.flow_runs`),
+and reading them straight into their REST responses when they are only serialised.
 
 A filter left out (None) selects everything. A related-object filter that is given, even
 empty (`DeploymentFilter()`), also requires the related row to exist: `deployment_filter={}`
 selects the runs that have a deployment, `task_run_filter={}` those with at least one task run.
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +22,7 @@ from models.schemas.filters import (
     WorkPoolFilter,
     WorkQueueFilter,
 )
+from models.schemas.responses import RUN_FIELDS, STATE_FIELDS, FlowRunResponse
 from models.schemas.sorting import FlowRunSort
 
 Column = str | InstrumentedAttribute[Any]
@@ -57,17 +60,37 @@ def read_flow_runs(
     query = sa.select(orm.FlowRun).options(
         selectinload(orm.FlowRun.work_queue).joinedload(orm.WorkQueue.work_pool)
     )
-    if task_run_filter is not None:
-        # A semi-join against task runs walks many runs to fill a page: find the page's ids from
-        # the indexes alone first, then read just those rows (same rows, same order).
-        page = sa.select(orm.FlowRun.id).where(*criteria).order_by(*sort.as_sql_sort())
-        query = query.where(orm.FlowRun.id.in_(page.offset(offset).limit(limit).scalar_subquery()))
-        query = query.order_by(*sort.as_sql_sort())
-    else:
-        query = query.where(*criteria).order_by(*sort.as_sql_sort()).offset(offset).limit(limit)
+    query = _page(query, criteria, task_run_filter is not None, sort, offset, limit)
     if columns:
         query = query.options(load_only(*_column_attributes(columns)))
     return list(session.scalars(query).unique())
+
+
+def read_flow_run_responses(
+    session: Session,
+    flow_filter: FlowFilter | None = None,
+    flow_run_filter: FlowRunFilter | None = None,
+    task_run_filter: TaskRunFilter | None = None,
+    deployment_filter: DeploymentFilter | None = None,
+    work_pool_filter: WorkPoolFilter | None = None,
+    work_queue_filter: WorkQueueFilter | None = None,
+    offset: int | None = None,
+    limit: int | None = None,
+    sort: FlowRunSort = FlowRunSort.ID_DESC,
+) -> list[FlowRunResponse]:
+    """`FlowRunResponse.from_orm_run` of each run `read_flow_runs` returns, for runs that are only
+    serialised: read as plain rows (run, current state, queue and pool in one statement), with no
+    ORM instances built."""
+    criteria = _flow_run_criteria(
+        flow_filter=flow_filter,
+        flow_run_filter=flow_run_filter,
+        task_run_filter=task_run_filter,
+        deployment_filter=deployment_filter,
+        work_pool_filter=work_pool_filter,
+        work_queue_filter=work_queue_filter,
+    )
+    query = _page(_response_query(), criteria, task_run_filter is not None, sort, offset, limit)
+    return [_response(row) for row in session.execute(query)]
 
 
 def count_flow_runs(
@@ -116,6 +139,80 @@ def count_flow_runs(
     if task_run_filter is not None:
         query = query.where(_has_task_run(task_run_filter))
     return session.scalar(query) or 0
+
+
+def _page(
+    query: sa.Select[Any],
+    criteria: list[sa.ColumnElement[bool]],
+    ids_first: bool,
+    sort: FlowRunSort,
+    offset: int | None,
+    limit: int | None,
+) -> sa.Select[Any]:
+    """`query` restricted to one page of the matching runs, in `sort` order.
+
+    With `ids_first` (a semi-join against task runs walks many runs to fill a page), the page's
+    ids come from the indexes alone first, then just those rows are read (same rows, same order).
+    """
+    if ids_first:
+        page = sa.select(orm.FlowRun.id).where(*criteria).order_by(*sort.as_sql_sort())
+        query = query.where(orm.FlowRun.id.in_(page.offset(offset).limit(limit).scalar_subquery()))
+        return query.order_by(*sort.as_sql_sort())
+    return query.where(*criteria).order_by(*sort.as_sql_sort()).offset(offset).limit(limit)
+
+
+# The current state, queue and pool joined to the runs for `read_flow_run_responses`. Aliased:
+# the related-row filters are EXISTS on the queue and pool tables, which must not correlate to
+# these joins.
+_state = orm.FlowRunState.__table__.alias("current_state")
+_queue = orm.WorkQueue.__table__.alias("run_queue")
+_pool = orm.WorkPool.__table__.alias("run_pool")
+_ESTIMATES = {
+    name: getattr(orm.FlowRun, name).fget
+    for name in ("estimated_run_time", "estimated_start_time_delta")
+}
+"""The ORM run's computed fields (properties), applied to a row: it has the run's column names."""
+
+
+@functools.cache
+def _response_query() -> sa.Select[Any]:
+    """The run's fields in `RUN_FIELDS` order (NULL where the field is not a run column: filled
+    in by `_response`), the state's in `STATE_FIELDS` order, what else the run's computed fields
+    read (`state_timestamp`), then the queue's id, name and pool id and the pool's name."""
+    runs: sa.Table = orm.FlowRun.__table__  # type: ignore[assignment]
+    run_fields = [runs.c[name] if name in runs.c else sa.null().label(name) for name in RUN_FIELDS]
+    state_fields = [_state.c[name].label(f"current_state_{name}") for name in STATE_FIELDS]
+    queue_fields = [
+        _queue.c.id.label("run_queue_id"),
+        _queue.c.name.label("run_queue_name"),
+        _queue.c.work_pool_id.label("run_queue_work_pool_id"),
+        _pool.c.name.label("run_pool_name"),
+    ]
+    joined = (
+        runs.outerjoin(_state, _state.c.id == runs.c.state_id)
+        .outerjoin(_queue, _queue.c.id == runs.c.work_queue_id)
+        .outerjoin(_pool, _pool.c.id == _queue.c.work_pool_id)
+    )
+    columns = [*run_fields, *state_fields, runs.c.state_timestamp, *queue_fields]
+    return sa.select(*columns).select_from(joined)
+
+
+_STATE_AT = len(RUN_FIELDS)
+_STATE_END = _STATE_AT + len(STATE_FIELDS)
+
+
+def _response(row: sa.Row[Any]) -> FlowRunResponse:
+    """The response for one row of `_response_query`, as `from_orm_run` builds it."""
+    values = dict(zip(RUN_FIELDS, row))
+    for name, estimate in _ESTIMATES.items():
+        values[name] = estimate(row)
+    state = row[_STATE_AT:_STATE_END]
+    values["state"] = None if state[0] is None else dict(zip(STATE_FIELDS, state))
+    response = FlowRunResponse.from_run_values(values)
+    queue_id, queue_name, work_pool_id, work_pool_name = row[-4:]
+    if queue_id is not None:
+        response.set_work_queue(queue_name, work_pool_id, work_pool_name)
+    return response
 
 
 def _flow_run_criteria(

@@ -5,12 +5,13 @@ import enum
 from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
-import sqlalchemy as sa
 from pydantic import Field
+from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.exc import NO_STATE
 
-from models.schemas.base import DateTime, FlowrunsModel
-from models.schemas.core import FlowRun, TaskInput
-from models.schemas.states import State
+from models.schemas.base import DateTime, FlowrunsModel, ModelT
+from models.schemas.core import CreatedBy, FlowRun, FlowRunPolicy, TaskInput
+from models.schemas.states import State, StateDetails, StateType
 
 
 class SetStateStatus(str, enum.Enum):
@@ -59,13 +60,32 @@ class FlowRunResponse(FlowRun):
     @classmethod
     def from_orm_run(cls, run: Any) -> "FlowRunResponse":
         """The REST shape of an ORM run: its queue's name and pool come from the loaded queue row."""
-        response = cls.model_validate(_attribute_values(run), from_attributes=True)
+        values = _run_values(run)
+        if values is None:
+            response = cls.model_validate(run, from_attributes=True)
+        else:
+            response = cls.from_run_values(values)
         queue = getattr(run, "work_queue", None)
         if queue is not None:
-            response.work_queue_name = queue.name
-            response.work_pool_id = queue.work_pool_id
-            response.work_pool_name = queue.work_pool.name if queue.work_pool is not None else None
+            pool_name = queue.work_pool.name if queue.work_pool is not None else None
+            response.set_work_queue(queue.name, queue.work_pool_id, pool_name)
         return response
+
+    @classmethod
+    def from_run_values(cls, values: dict[str, Any]) -> "FlowRunResponse":
+        """The response for a run's values as read from the database: every field but the pool's,
+        in field order, with `state` the state's values as a dict (or None). They are taken as
+        they are where validation would keep them unchanged (the usual case), validated where it
+        would fill something in. The response takes over `values` and the state's dict."""
+        if _as_validation_keeps_them(values):
+            return _construct_run(cls, values)
+        return cls.model_validate(values, from_attributes=True)
+
+    def set_work_queue(self, name: str, work_pool_id: UUID, work_pool_name: str | None) -> None:
+        """The run's queue name and pool, as its queue row has them."""
+        self.work_queue_name = name
+        self.work_pool_id = work_pool_id
+        self.work_pool_name = work_pool_name
 
 
 class DependencyResult(FlowrunsModel):
@@ -81,28 +101,70 @@ class DependencyResult(FlowrunsModel):
     untrackable_result: bool
 
 
-_RUN_ATTRIBUTES = tuple(
+RUN_FIELDS = tuple(
     name for name in FlowRunResponse.model_fields if name not in ("work_pool_id", "work_pool_name")
 )
-_STATE_ATTRIBUTES = tuple(State.model_fields)
+"""The fields `FlowRunResponse.from_run_values` takes, in field order."""
+STATE_FIELDS = tuple(State.model_fields)
+_COPIED_CONTAINERS = ("parameters", "context", "tags", "labels", "job_variables")
+"""The run's lists and dicts, copied as validation copies them: the response shares none with the row."""
 
 
-def _attribute_values(run: Any) -> Any:
-    """What `from_attributes` validation reads from an ORM run, as a dict: loaded values are
-    taken from the instance's dict (no attribute instrumentation per field, which costs more than
-    validating them), anything else (a property, an unloaded column) through `getattr`."""
-    values = _loaded(run, _RUN_ATTRIBUTES)
-    if values is None:
-        return run  # not an ORM instance: validated from its attributes
-    state = values["state"]
-    if state is not None:
-        values["state"] = _loaded(state, _STATE_ATTRIBUTES) or state
+def _run_values(run: Any) -> dict[str, Any] | None:
+    """What `from_attributes` validation reads from an ORM run, as a dict; None if not an ORM run."""
+    values = _loaded(run, RUN_FIELDS)
+    if values is not None and values["state"] is not None:
+        values["state"] = _loaded(values["state"], STATE_FIELDS) or values["state"]
     return values
 
 
 def _loaded(instance: Any, names: tuple[str, ...]) -> dict[str, Any] | None:
-    inspected = sa.inspect(instance, raiseerr=False)
-    if inspected is None or not hasattr(inspected, "dict"):
+    """Loaded values straight from the instance's dict (attribute instrumentation per field costs
+    more than validating them), anything else (a property, an unloaded column) through `getattr`."""
+    try:
+        loaded = instance_state(instance).dict
+    except NO_STATE:
         return None
-    loaded = inspected.dict
     return {name: loaded[name] if name in loaded else getattr(instance, name) for name in names}
+
+
+def _as_validation_keeps_them(values: dict[str, Any]) -> bool:
+    """Whether validation would return these values unchanged: no default to fill in (a name, a
+    Scheduled state's time) and the nested models already models, as the column types load them."""
+    state = values["state"]
+    if state is not None:
+        if not isinstance(state, dict) or not state["name"]:
+            return False
+        details = state["state_details"]
+        if not isinstance(details, StateDetails) or not isinstance(state["type"], StateType):
+            return False
+        if state["type"] is StateType.SCHEDULED and not details.scheduled_time:
+            return False
+    return (
+        bool(values["name"])
+        and isinstance(values["empirical_policy"], FlowRunPolicy)
+        and (values["created_by"] is None or isinstance(values["created_by"], CreatedBy))
+    )
+
+
+def _construct_run(cls: type["FlowRunResponse"], values: dict[str, Any]) -> "FlowRunResponse":
+    for name in _COPIED_CONTAINERS:
+        if values[name] is not None:
+            values[name] = values[name].copy()
+    if values["state"] is not None:
+        values["state"] = _construct(State, values["state"], set(STATE_FIELDS))
+    values["work_pool_id"] = values["work_pool_name"] = None
+    # Validation sets what it was given: every field but the pool's, set from the queue if any.
+    return _construct(cls, values, set(RUN_FIELDS))
+
+
+def _construct(model: type[ModelT], values: dict[str, Any], fields_set: set[str]) -> ModelT:
+    """`model.model_construct(fields_set, **values)` for values of every field in field order,
+    without its per-field loop (which costs more than validation). For models without private
+    attributes or `model_post_init`."""
+    instance = model.__new__(model)
+    object.__setattr__(instance, "__dict__", values)
+    object.__setattr__(instance, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(instance, "__pydantic_extra__", None)
+    object.__setattr__(instance, "__pydantic_private__", None)
+    return instance

@@ -1,0 +1,216 @@
+"""The fast ways of building FlowRun responses give exactly what validation gives.
+
+`FlowRunResponse.from_orm_run` takes a loaded run's values as they are, and
+`read_flow_run_responses` reads plain rows; the reference is pydantic's `from_attributes`
+validation of the ORM run, its queue's name and pool set as `from_orm_run` sets them.
+"""
+
+import datetime
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session
+
+from models import orm
+from models.flow_run_queries import read_flow_run_responses, read_flow_runs
+from models.schemas import core
+from models.schemas.core import CreatedBy, FlowRunPolicy
+from models.schemas.responses import FlowRunResponse
+from models.schemas.sorting import FlowRunSort
+from models.schemas.states import StateDetails, StateType
+from tests.test_flow_run_filters import World, build_world, parse_filters
+from tests.test_flow_run_read_count import FAMILY_OPTIONS, combinations_to_check
+
+T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+FULL = parse_filters({"flow_run_filter": {"name": {"any_": ["full"]}}})
+"""Selects the run `full_run` builds (not its parent)."""
+NOW_DEPENDENT = frozenset({"estimated_run_time", "estimated_start_time_delta"})
+"""Computed at read time from the clock for a running or late run."""
+
+
+def reference(run: orm.FlowRun) -> FlowRunResponse:
+    response = FlowRunResponse.model_validate(run, from_attributes=True)
+    if run.work_queue is not None:
+        response.work_queue_name = run.work_queue.name
+        response.work_pool_id = run.work_queue.work_pool_id
+        response.work_pool_name = run.work_queue.work_pool.name
+    return response
+
+
+def assert_same(
+    response: FlowRunResponse, expected: FlowRunResponse, exclude: frozenset[str] = frozenset()
+) -> None:
+    assert response.model_dump_json(exclude=exclude) == expected.model_dump_json(exclude=exclude)
+    assert response.model_dump(mode="json", exclude=exclude) == expected.model_dump(
+        mode="json", exclude=exclude
+    )
+    assert response.model_dump(exclude=exclude) == expected.model_dump(exclude=exclude)
+    assert response.model_fields_set == expected.model_fields_set
+    assert list(response.__dict__) == list(expected.__dict__)
+    if response.state is not None and expected.state is not None:
+        assert response.state.model_fields_set == expected.state.model_fields_set
+        assert list(response.state.__dict__) == list(expected.state.__dict__)
+
+
+def full_run(session: Session, state_type: StateType, **state_details: Any) -> None:
+    """A run with every column set, a queue in a pool, a parent task run and a current state."""
+    flow = orm.Flow(name=f"flow-{uuid.uuid4().hex[:6]}")
+    pool = orm.WorkPool(name=f"pool-{uuid.uuid4().hex[:6]}", type="process")
+    session.add_all([flow, pool])
+    session.flush()
+    queue = orm.WorkQueue(name="queue", work_pool_id=pool.id)
+    deployment = orm.Deployment(name="deployment", flow_id=flow.id)
+    parent = orm.FlowRun(name="parent", flow_id=flow.id)
+    session.add_all([queue, deployment, parent])
+    session.flush()
+    task = orm.TaskRun(name="task", flow_run_id=parent.id, task_key="t", dynamic_key="0")
+    session.add(task)
+    session.flush()
+    run = orm.FlowRun(
+        name="full", flow_id=flow.id, deployment_id=deployment.id, deployment_version="d1",
+        work_queue_id=queue.id, work_queue_name="stale-name", flow_version="f1",
+        parameters={"x": 1, "nested": {"y": [1.5, None, "z"]}}, idempotency_key="key",
+        context={"source": "test"},
+        empirical_policy=FlowRunPolicy(retries=2, retry_delay=5, pause_keys={"p"}, resuming=True,
+                                       retry_type="reschedule"),
+        tags=["a", "b"], labels={"team": "data", "tier": 1, "ratio": 0.5, "on": True},
+        created_by=CreatedBy(id=uuid.uuid4(), type="DEPLOYMENT", display_value="deployment"),
+        infrastructure_pid="pid-1", job_variables={"image": "python"},
+        infrastructure_document_id=uuid.uuid4(), parent_task_run_id=task.id, auto_scheduled=True,
+        state_type=state_type, state_name=state_type.value.capitalize(), state_timestamp=T0,
+        run_count=2, expected_start_time=T0, next_scheduled_start_time=T0 + datetime.timedelta(hours=1),
+        start_time=T0 + datetime.timedelta(minutes=5), end_time=T0 + datetime.timedelta(minutes=9),
+        total_run_time=datetime.timedelta(seconds=90.25),
+    )
+    session.add(run)
+    session.flush()
+    state = orm.FlowRunState(
+        type=state_type, name=state_type.value.capitalize(), timestamp=T0, message="why",
+        data={"result": [1, 2]},
+        state_details=StateDetails(flow_run_id=run.id, cache_key="c", retriable=True, **state_details),
+    )
+    run.set_state(state)
+    session.commit()
+    session.expunge_all()
+
+
+@pytest.mark.parametrize(
+    ("state_type", "state_details"),
+    [
+        (StateType.COMPLETED, {}),
+        (StateType.RUNNING, {}),
+        (StateType.SCHEDULED, {"scheduled_time": T0}),
+        (StateType.PAUSED, {"pause_timeout": T0, "pause_key": "k"}),
+    ],
+    ids=["completed", "running", "scheduled", "paused"],
+)
+def test_a_run_with_every_field_set_reads_as_validation_gives_it(
+    session: Session, state_type: StateType, state_details: dict[str, Any]
+) -> None:
+    full_run(session, state_type, **state_details)
+    (run,) = read_flow_runs(session, **FULL)
+    exclude = NOW_DEPENDENT if state_type == StateType.RUNNING else frozenset()
+    expected = reference(run)
+    assert expected.work_queue_name == "queue" and expected.work_pool_name is not None
+    assert_same(FlowRunResponse.from_orm_run(run), expected, exclude)
+    session.expunge_all()
+    (response,) = read_flow_run_responses(session, **FULL)
+    assert_same(response, expected, exclude)
+
+
+def test_a_run_with_nothing_optional_set_reads_as_validation_gives_it(session: Session) -> None:
+    flow = orm.Flow(name="bare")
+    session.add(flow)
+    session.flush()
+    session.add(orm.FlowRun(name="bare", flow_id=flow.id, labels=None, job_variables=None))
+    session.commit()
+    session.expunge_all()
+    (run,) = read_flow_runs(session)
+    assert run.state is None and run.work_queue is None
+    expected = reference(run)
+    assert_same(FlowRunResponse.from_orm_run(run), expected)
+    (response,) = read_flow_run_responses(session)
+    assert_same(response, expected)
+
+
+def test_a_scheduled_state_without_its_time_is_validated(session: Session) -> None:
+    """Validation fills in the scheduled time (the clock's): the fast paths defer to it."""
+    full_run(session, StateType.SCHEDULED)
+    for response in [
+        FlowRunResponse.from_orm_run(read_flow_runs(session, **FULL)[0]),
+        read_flow_run_responses(session, **FULL)[0],
+    ]:
+        assert response.state is not None and response.state.state_details.scheduled_time is not None
+
+
+def test_values_assigned_in_python_are_validated(session: Session) -> None:
+    """A run built in this session holds what the code assigned (a dict for `created_by`), not
+    what a load gives: it is validated, as before."""
+    flow = orm.Flow(name="assigned")
+    session.add(flow)
+    session.flush()
+    run = orm.FlowRun(name="assigned", flow_id=flow.id, created_by={"id": uuid.uuid4(), "type": "USER"})
+    session.add(run)
+    session.commit()
+    response = FlowRunResponse.from_orm_run(run)
+    assert isinstance(response.created_by, CreatedBy)
+    assert_same(response, reference(run))
+
+
+def test_the_response_shares_no_list_or_dict_with_the_run(session: Session) -> None:
+    full_run(session, StateType.COMPLETED)
+    (run,) = read_flow_runs(session, **FULL)
+    response = FlowRunResponse.from_orm_run(run)
+    response.tags.append("extra")
+    response.parameters["extra"] = 1
+    assert run.tags == ["a", "b"] and "extra" not in run.parameters
+
+
+def test_plain_row_responses_see_the_sessions_unflushed_changes(session: Session) -> None:
+    full_run(session, StateType.COMPLETED)
+    (run,) = read_flow_runs(session, **FULL)
+    run.tags = ["changed"]
+    (response,) = read_flow_run_responses(session, **FULL)
+    assert response.tags == ["changed"]
+
+
+def test_a_schema_run_is_validated_from_its_attributes(session: Session) -> None:
+    run = core.FlowRun(flow_id=uuid.uuid4(), name="schema", tags=["t"])
+    response = FlowRunResponse.from_orm_run(run)
+    assert response.name == "schema" and response.tags == ["t"] and response.work_pool_id is None
+
+
+@pytest.fixture
+def world(session: Session) -> World:
+    return build_world(session)
+
+
+def test_plain_row_responses_equal_the_orm_path_for_every_filter_combination(
+    session: Session, world: World
+) -> None:
+    checked = 0
+    for choice in combinations_to_check():
+        bodies = {
+            family: body
+            for family, index in choice.items()
+            if (body := FAMILY_OPTIONS[family][index]) is not None
+        }
+        for sort in (FlowRunSort.ID_DESC, FlowRunSort.NAME_ASC):
+            session.expunge_all()
+            arguments = {"sort": sort, **parse_filters(bodies)}
+            expected = [reference(run) for run in read_flow_runs(session, **arguments)]
+            responses = read_flow_run_responses(session, **arguments)
+            assert [r.id for r in responses] == [r.id for r in expected]
+            for response, reference_response in zip(responses, expected):
+                assert_same(response, reference_response, NOW_DEPENDENT)
+            checked += bool(expected)
+    assert checked > 50
+
+
+def test_plain_row_responses_page_as_the_orm_path(session: Session, world: World) -> None:
+    task_run_filter = parse_filters({"task_run_filter": {}})
+    for arguments in [{"offset": 1, "limit": 2}, {"offset": 0, "limit": 1, **task_run_filter}]:
+        names = [run.name for run in read_flow_runs(session, sort=FlowRunSort.NAME_DESC, **arguments)]
+        responses = read_flow_run_responses(session, sort=FlowRunSort.NAME_DESC, **arguments)
+        assert [response.name for response in responses] == names
