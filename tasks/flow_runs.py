@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from models import flow_runs
 from models.concurrency_slots import release_slots_of_inactive_run
 from models.errors import ObjectNotFoundError
+from models.flow_run_queries import read_flow_run_responses
 from models.schemas.actions import FlowRunCreate, FlowRunUpdate, StateCreate
 from models.schemas.base import INT64_MAX, ActionModel, DateTime
 from models.schemas.filters import (
@@ -136,10 +137,7 @@ def read_flow_run(session: Session, body: FlowRunId, task_id: str) -> FlowRunRes
 
 @flowruns_task("flow_runs.read_flow_runs", ReadFlowRuns, recorded=False)
 def read_flow_runs(session: Session, body: ReadFlowRuns, task_id: str) -> list[FlowRunResponse]:
-    runs = flow_runs.read_flow_runs(
-        session, **_filters(body), offset=body.offset, limit=body.limit, sort=body.sort
-    )
-    return [FlowRunResponse.from_orm_run(run) for run in runs]
+    return read_flow_run_responses(session, **_filters(body), offset=body.offset, limit=body.limit, sort=body.sort)
 
 
 @flowruns_task("flow_runs.count_flow_runs", CountFlowRuns, recorded=False)
