@@ -8,6 +8,7 @@ the rows of a running deployment.
 import datetime
 import gc
 import json
+import os
 import random
 import statistics
 import sys
@@ -25,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from models import database, migrations
 from models.settings import get_settings
+from tasks import cpu_usage
 
 LATENCY_CALLS = 20
 READ_PAGE = 200
@@ -410,7 +412,14 @@ def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int
             report.add(f"{label}: round trip {name}, 1 in flight", value, "ms",
                        f"{value / 1000 * commits_per_second:.1f}× a single-row commit")
 
-        transitions, seconds, latencies = _drive_concurrently(driver, created[WORKER_BENCH_SERIAL_RUNS:], in_flight)
+        concurrent_runs = created[WORKER_BENCH_SERIAL_RUNS:]
+        pids = [scenario.worker.pid, *scenario.worker.children(), os.getpid()]
+        before = cpu_usage.snapshot(pids) if cpu_usage.available() else None
+        started = time.perf_counter()
+        transitions, seconds, latencies = _drive_concurrently(driver, concurrent_runs, in_flight)
+        if before is not None:
+            _report_cpu(report, label, before, cpu_usage.snapshot(pids), pids, 3 * len(concurrent_runs),
+                        time.perf_counter() - started)
         throughput = rate(transitions, seconds)
         report.add(f"{label}: transitions/s sustained, {in_flight} in flight", throughput, "transitions/s",
                    f"{throughput / commits_per_second:.1%} of single-row commits/s")
@@ -420,6 +429,27 @@ def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int
                        f"{value / 1000 * commits_per_second:.0f}× a single-row commit")
         if driver.resends or driver.transient_failures:
             progress(f"  note: {driver.resends} re-sends, {driver.transient_failures} transient failures")
+
+
+def _report_cpu(report: Report, label: str, before: Any, after: Any, pids: list[int], transitions: int,
+                elapsed: float) -> None:
+    """CPU per transition, machine-wide and by process: when the cores are busy, this is the bound."""
+    per_transition = 1000 / transitions
+    machine = (after.machine_busy - before.machine_busy) * per_transition
+    main, *pool, producer = pids
+    shares = {
+        "worker main process": cpu_usage.process_seconds(before, after, [main]),
+        "worker pool processes": cpu_usage.process_seconds(before, after, pool),
+        "this producer": cpu_usage.process_seconds(before, after, [producer]),
+    }
+    busy = (after.machine_busy - before.machine_busy) / (elapsed * cpu_usage.cores())
+    ceiling = cpu_usage.cores() * 1000 / machine if machine > 0 else float("inf")
+    report.add(f"{label}: machine CPU per transition", machine, "ms",
+               f"cores {busy:.0%} busy; {cpu_usage.cores()} cores allow ≈{ceiling:,.0f} transitions/s at this cost")
+    for name, seconds in shares.items():
+        report.add(f"{label}: … of which {name}", seconds * per_transition, "ms")
+    rest = machine - sum(shares.values()) * per_transition
+    report.add(f"{label}: … of which PostgreSQL, Redis and the rest", max(0.0, rest), "ms")
 
 
 LIFE = ("PENDING", "RUNNING", "COMPLETED")

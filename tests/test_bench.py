@@ -1,0 +1,41 @@
+"""`flowruns bench`: a tiny run of the in-process bench end to end, and the CPU accounting that
+`bench worker` reports with."""
+
+import json
+import os
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from tasks import cpu_usage
+from tasks.cli import main
+
+
+@pytest.mark.usefixtures("database_url")
+def test_bench_models_measures_every_figure_in_a_scratch_database() -> None:
+    result = CliRunner().invoke(main, ["bench", "models", "--sizes", "60", "--transitions", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    figures = {figure["name"]: figure["value"] for figure in report["figures"]}
+    for name in ("creates/s (with a Scheduled state)", "core-policy transitions/s (no limit)",
+                 "core-policy transitions/s (limit 10)", "deletes/s"):
+        assert figures[name] > 0
+    for label in ("state-type", "tag", "deployment", "task-run"):
+        assert figures[f"read 200 + JSON, {label} filter, 60 runs: median"] > 0
+        assert figures[f"count, {label} filter, 60 runs: median"] > 0
+    transitions = next(f for f in report["figures"] if f["name"] == "core-policy transitions/s (limit 10)")
+    assert transitions["note"] == "", "a transition of the bench was not accepted"
+
+
+@pytest.mark.skipif(not cpu_usage.available(), reason="needs /proc")
+def test_cpu_usage_counts_what_a_process_spends() -> None:
+    me = os.getpid()
+    before = cpu_usage.snapshot([me])
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:
+        pass
+    after = cpu_usage.snapshot([me])
+    assert cpu_usage.process_seconds(before, after, [me]) >= 0.1
+    assert after.machine_busy - before.machine_busy >= 0.1
+    assert cpu_usage.process_seconds(before, after, [2**22 + 12345]) == 0.0  # no such process
