@@ -208,6 +208,27 @@ def test_a_copy_that_loses_the_race_at_commit_returns_the_winners_outcome(
     assert history(run["id"]) == ["Pending", "Running"]
 
 
+def test_a_copy_that_fails_where_the_winner_succeeded_returns_the_winners_outcome(
+    monkeypatch: pytest.MonkeyPatch, flow_id: str
+) -> None:
+    """The copy got past the look-up while the winner ran; the run was deleted before the copy
+    took its lock: not found, but the winner's record is the answer."""
+    run = create_run(flow_id)
+    task_id = new_id()
+    winner = propose(run["id"], "RUNNING", task_id)
+    assert ok(flow_runs.delete_flow_run, flow_run_id=run["id"]) is True
+    real_lookup = requests.replayed_outcome
+    calls: list[str] = []
+
+    def blind_first_lookup(session: Session, task_id: str, name: str) -> Any:
+        calls.append(task_id)
+        return None if len(calls) == 1 else real_lookup(session, task_id, name)
+
+    monkeypatch.setattr(requests, "replayed_outcome", blind_first_lookup)
+    assert propose(run["id"], "RUNNING", task_id) == winner
+    assert len(calls) == 2
+
+
 def test_inbox_functions(session: Session) -> None:
     assert requests.find_outcome(session, "t1") is None
     assert requests.replayed_outcome(session, "t1", "flows.create_flow") is None
