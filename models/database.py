@@ -99,7 +99,12 @@ def dialect_name(session: Session) -> str:
 
 def dialect_insert(session: Session, table: Any) -> Any:
     """An INSERT with the dialect's `on_conflict_do_nothing` (PostgreSQL and SQLite share it)."""
-    if dialect_name(session) == "postgresql":
+    return insert_for_dialect(dialect_name(session), table)
+
+
+def insert_for_dialect(dialect: str, table: Any) -> Any:
+    """`dialect_insert` by dialect name, for statements built once and cached per dialect."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
 from models import orm
+from models.database import insert_for_dialect
 from models.errors import ObjectNotFoundError
 
 _runs: sa.Table = orm.FlowRun.__table__  # type: ignore[assignment]
@@ -114,11 +115,8 @@ def _insert_statement() -> sa.Insert:
 
 @functools.cache
 def _insert_unless_known_statement(dialect: str) -> sa.Insert:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(_runs).on_conflict_do_nothing(index_elements=["flow_id", "idempotency_key"])
+    statement = insert_for_dialect(dialect, _runs)
+    statement = statement.on_conflict_do_nothing(index_elements=["flow_id", "idempotency_key"])
     return statement.returning(_runs.c.id)
 
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from models import orm
+from models.database import insert_for_dialect
 from models.errors import ValidationError
 from models.types import now_utc
 
@@ -39,9 +40,7 @@ def _find_statement() -> sa.Select[Any]:
 
 @functools.cache
 def _record_statement(dialect: str) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    insert = postgresql.insert(_requests) if dialect == "postgresql" else sqlite.insert(_requests)
+    insert = insert_for_dialect(dialect, _requests)
     return insert.on_conflict_do_nothing(index_elements=["task_id"]).returning(_requests.c.task_id)
 
 

@@ -413,12 +413,17 @@ def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int
                        f"{value / 1000 * commits_per_second:.1f}× a single-row commit")
 
         concurrent_runs = created[WORKER_BENCH_SERIAL_RUNS:]
-        pids = [scenario.worker.pid, *scenario.worker.children(), os.getpid()]
+        processes = {
+            "worker main process": [scenario.worker.pid],
+            "worker pool processes": scenario.worker.children(),
+            "this producer": [os.getpid()],
+        }
+        pids = [pid for group in processes.values() for pid in group]
         before = cpu_usage.snapshot(pids) if cpu_usage.available() else None
         started = time.perf_counter()
         transitions, seconds, latencies = _drive_concurrently(driver, concurrent_runs, in_flight)
         if before is not None:
-            _report_cpu(report, label, before, cpu_usage.snapshot(pids), pids, 3 * len(concurrent_runs),
+            _report_cpu(report, label, before, cpu_usage.snapshot(pids), processes, 3 * len(concurrent_runs),
                         time.perf_counter() - started)
         throughput = rate(transitions, seconds)
         report.add(f"{label}: transitions/s sustained, {in_flight} in flight", throughput, "transitions/s",
@@ -431,17 +436,13 @@ def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int
             progress(f"  note: {driver.resends} re-sends, {driver.transient_failures} transient failures")
 
 
-def _report_cpu(report: Report, label: str, before: Any, after: Any, pids: list[int], transitions: int,
-                elapsed: float) -> None:
-    """CPU per transition, machine-wide and by process: when the cores are busy, this is the bound."""
+def _report_cpu(report: Report, label: str, before: Any, after: Any, processes: dict[str, list[int]],
+                transitions: int, elapsed: float) -> None:
+    """CPU per transition, machine-wide and by group of processes: when the cores are busy, this is
+    the bound."""
     per_transition = 1000 / transitions
     machine = (after.machine_busy - before.machine_busy) * per_transition
-    main, *pool, producer = pids
-    shares = {
-        "worker main process": cpu_usage.process_seconds(before, after, [main]),
-        "worker pool processes": cpu_usage.process_seconds(before, after, pool),
-        "this producer": cpu_usage.process_seconds(before, after, [producer]),
-    }
+    shares = {name: cpu_usage.process_seconds(before, after, pids) for name, pids in processes.items()}
     busy = (after.machine_busy - before.machine_busy) / (elapsed * cpu_usage.cores())
     ceiling = cpu_usage.cores() * 1000 / machine if machine > 0 else float("inf")
     report.add(f"{label}: machine CPU per transition", machine, "ms",

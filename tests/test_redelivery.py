@@ -2,6 +2,7 @@
 
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -187,29 +188,44 @@ def test_read_tasks_are_not_recorded(flow_id: str) -> None:
     assert row_counts() == before
 
 
+BlindLookup = Callable[[], list[str]]
+
+
+@pytest.fixture
+def blind_next_lookup(monkeypatch: pytest.MonkeyPatch) -> BlindLookup:
+    """Once called, the next inbox look-up sees nothing (as a copy running at the same time as the
+    first copy would), later ones see the truth; the call returns the task ids looked up."""
+
+    def arm() -> list[str]:
+        real_lookup = requests.replayed_outcome
+        calls: list[str] = []
+
+        def lookup(session: Session, task_id: str, name: str) -> Any:
+            calls.append(task_id)
+            return None if len(calls) == 1 else real_lookup(session, task_id, name)
+
+        monkeypatch.setattr(requests, "replayed_outcome", lookup)
+        return calls
+
+    return arm
+
+
 def test_a_copy_that_loses_the_race_at_commit_returns_the_winners_outcome(
-    monkeypatch: pytest.MonkeyPatch, flow_id: str
+    flow_id: str, blind_next_lookup: BlindLookup
 ) -> None:
     """A copy that did not see the winner's record (they ran at once) orchestrates, records
     nothing at the end, rolls back and runs again, and then finds the record."""
     run = create_run(flow_id)
     task_id = new_id()
     winner = propose(run["id"], "RUNNING", task_id)
-    real_lookup = requests.replayed_outcome
-    calls: list[str] = []
-
-    def blind_first_lookup(session: Session, task_id: str, name: str) -> Any:
-        calls.append(task_id)
-        return None if len(calls) == 1 else real_lookup(session, task_id, name)
-
-    monkeypatch.setattr(requests, "replayed_outcome", blind_first_lookup)
+    calls = blind_next_lookup()
     assert propose(run["id"], "RUNNING", task_id) == winner
     assert len(calls) == 2
     assert history(run["id"]) == ["Pending", "Running"]
 
 
 def test_a_copy_that_fails_where_the_winner_succeeded_returns_the_winners_outcome(
-    monkeypatch: pytest.MonkeyPatch, flow_id: str
+    flow_id: str, blind_next_lookup: BlindLookup
 ) -> None:
     """The copy got past the look-up while the winner ran; the run was deleted before the copy
     took its lock: not found, but the winner's record is the answer."""
@@ -217,14 +233,7 @@ def test_a_copy_that_fails_where_the_winner_succeeded_returns_the_winners_outcom
     task_id = new_id()
     winner = propose(run["id"], "RUNNING", task_id)
     assert ok(flow_runs.delete_flow_run, flow_run_id=run["id"]) is True
-    real_lookup = requests.replayed_outcome
-    calls: list[str] = []
-
-    def blind_first_lookup(session: Session, task_id: str, name: str) -> Any:
-        calls.append(task_id)
-        return None if len(calls) == 1 else real_lookup(session, task_id, name)
-
-    monkeypatch.setattr(requests, "replayed_outcome", blind_first_lookup)
+    calls = blind_next_lookup()
     assert propose(run["id"], "RUNNING", task_id) == winner
     assert len(calls) == 2
 
