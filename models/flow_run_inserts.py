@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
-from models import orm
+from models import driver_sql, orm
 from models.database import insert_for_dialect
 from models.errors import ObjectNotFoundError
 
@@ -40,7 +40,7 @@ def read_parents(session: Session, flow_id: uuid.UUID, deployment_id: uuid.UUID 
     if session.autoflush:
         session.flush()  # a flow or deployment added to the session but not yet written counts
     parameters = {"flow_id": flow_id, "deployment_id": deployment_id}
-    row = session.connection().execute(_parents_statement(), parameters).first()
+    row = driver_sql.first(session, _parents_statement(), parameters)
     if row is None:
         raise ObjectNotFoundError(f"flow_id: no flow with id {flow_id}")
     flow_labels, found_deployment_id, deployment_labels = row
@@ -62,12 +62,12 @@ def insert_flow_run(session: Session, values: dict[str, Any], idempotent: bool) 
         if value is None and row[key] is not None and not idempotent:
             continue
         row[key] = value
-    connection = session.connection()
     if idempotent:
-        if connection.execute(_insert_unless_known_statement(connection.dialect.name), row).first() is None:
+        statement = _insert_unless_known_statement(session.get_bind().dialect.name)
+        if driver_sql.first(session, statement, row) is None:
             return None
     else:
-        connection.execute(_insert_statement(), row)
+        driver_sql.execute(session, _insert_statement(), row)
     return row
 
 

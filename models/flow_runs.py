@@ -220,7 +220,7 @@ def _lock_for_orchestration(
 
     if session.autoflush:
         session.flush()  # as an ORM query would: pending changes are visible to the rules
-    if session.identity_map.get(identity_key(orm.FlowRun, flow_run_id)) is not None:
+    if session.identity_map and session.identity_map.get(identity_key(orm.FlowRun, flow_run_id)) is not None:
         run = read_flow_run(session, flow_run_id, for_update=True)
         if run is None:
             raise ObjectNotFoundError(f"flow_run_id: no flow run with id {flow_run_id}")

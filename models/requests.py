@@ -6,7 +6,8 @@ end, in the same transaction. Two copies running at once both get past the look-
 one's INSERT waits for the first copy's uncommitted row and, once that commits, inserts nothing:
 the caller rolls back (the copy's work goes with it) and runs again, finding the record.
 
-Both statements are Core, built once, on the session's connection: two round trips per task.
+Both statements are Core, built once, run on the session's connection through `models.driver_sql`:
+two round trips per task.
 """
 
 import datetime
@@ -17,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from models import orm
+from models import driver_sql, orm
 from models.database import insert_for_dialect
 from models.errors import ValidationError
 from models.types import now_utc
@@ -46,8 +47,8 @@ def _record_statement(dialect: str) -> Any:
 
 def find_outcome(session: Session, task_id: str) -> Recorded | None:
     """The recorded outcome of `task_id`, or None if no copy of it has committed."""
-    row = session.connection().execute(_find_statement(), {"task_id": task_id}).one_or_none()
-    return None if row is None else Recorded(name=row.name, outcome=row.outcome)
+    row = driver_sql.first(session, _find_statement(), {"task_id": task_id})
+    return None if row is None else Recorded(*row)
 
 
 def replayed_outcome(session: Session, task_id: str, name: str) -> Recorded | None:
@@ -69,7 +70,7 @@ def record_outcome(session: Session, task_id: str, name: str, outcome: Any) -> b
     """
     statement = _record_statement(session.get_bind().dialect.name)
     values = {"task_id": task_id, "name": name, "outcome": outcome, "created": now_utc()}
-    return session.connection().execute(statement, values).first() is not None
+    return driver_sql.first(session, statement, values) is not None
 
 
 def prune(session: Session, older_than: datetime.datetime) -> int:

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from models import orm
+from models import driver_sql, orm
 from models.schemas.core import ConcurrencyLimitStrategy, ConcurrencyOptions
 from models.schemas.states import StateDetails, StateType
 
@@ -273,7 +273,7 @@ def lock_flow_run(
     Runs on the session's connection: the caller flushes the session first if it autoflushes.
     """
     parameters = {"run_id": flow_run_id, "transition_id": transition_id}
-    row = session.connection().execute(_lock_flow_run_statement(), parameters).one_or_none()
+    row = driver_sql.first(session, _lock_flow_run_statement(), parameters)
     if row is None:
         return None
     run, consistent = _locked_run(session, FLOW_RUNS, row)
@@ -296,7 +296,7 @@ def lock_flow_run(
 
 def lock_task_run(session: Session, task_run_id: uuid.UUID) -> LockedRun | None:
     """Lock the task run and read it with its current state; None if there is no such run."""
-    row = session.connection().execute(_lock_run_statement(TASK_RUNS), {"run_id": task_run_id}).one_or_none()
+    row = driver_sql.first(session, _lock_run_statement(TASK_RUNS), {"run_id": task_run_id})
     if row is None:
         return None
     return _locked_run(session, TASK_RUNS, row)[0]
@@ -317,11 +317,10 @@ def write_transition(
     `state_id` among them, `updated` included)."""
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        statement = _insert_state_and_update_run_statement(tables, tuple(run_changes))
         parameters = {f"state__{name}": state.get(name) for name in tables.state.c.keys()}
         parameters.update({f"run__{name}": value for name, value in run_changes.items()})
         parameters["run_id"] = run_id
-        connection.execute(statement, parameters)
+        driver_sql.execute(session, _insert_state_and_update_run_statement(tables, tuple(run_changes)), parameters)
         return
     # SQLite has no data-modifying CTEs: two statements (the database is local, no round trips).
     connection.execute(_insert_state_statement(tables), state)

@@ -5,6 +5,7 @@ PostgreSQL server, or a temporary SQLite file) and dropped afterwards: a bench n
 the rows of a running deployment.
 """
 
+import concurrent.futures
 import datetime
 import gc
 import json
@@ -29,6 +30,11 @@ from models.settings import get_settings
 from tasks import cpu_usage
 
 LATENCY_CALLS = 20
+COMMIT_RATE_SECONDS = 3.0
+"""How long the single-row commit rate is measured before the benches that relate to it."""
+CONCURRENT_THREADS = 4
+"""Threads of one process for the concurrent figures: what a server handling requests side by side
+gets from the model layer (each thread its own connection; Python's work still one core at a time)."""
 READ_PAGE = 200
 BULK_BATCH = 5_000
 STATE_TYPES = ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
@@ -122,6 +128,9 @@ def run_models_bench(sizes: list[int], runs: int, as_json: bool) -> Report:
 
     report = Report("flowruns bench models (in-process, one transaction per operation)", _describe_url())
     with scratch_database() as url:
+        progress("measuring the single-row commit rate (as bench limit) ...")
+        commits = _single_row_commit_rate(url, COMMIT_RATE_SECONDS)
+        report.add("single-row commits/s (as bench limit)", commits, "commits/s")
         with database.unit_of_work(url) as session:
             flow = flows.create_flow(session, FlowCreate(name="bench"))
             plain = deployments.create_deployment(session, DeploymentCreate(name="plain", flow_id=flow.id))
@@ -138,8 +147,18 @@ def run_models_bench(sizes: list[int], runs: int, as_json: bool) -> Report:
         _bench_transitions(report, url, run_ids, "core-policy transitions/s (no limit)")
         limited_ids = _create_runs(url, flow_id, limited_id, runs)
         _bench_transitions(report, url, limited_ids, "core-policy transitions/s (limit 10)")
+        progress(f"creating and driving {runs} more runs from {CONCURRENT_THREADS} threads ...")
+        threaded_ids = _bench_creates(
+            report, url, flow_id, plain_id, runs, threads=CONCURRENT_THREADS,
+            name=f"creates/s, {CONCURRENT_THREADS} threads in one process",
+        )
+        _bench_transitions(
+            report, url, threaded_ids, f"core-policy transitions/s, {CONCURRENT_THREADS} threads in one process",
+            threads=CONCURRENT_THREADS,
+        )
         progress(f"deleting {runs} runs ...")
-        _bench_deletes(report, url, run_ids + limited_ids)
+        _bench_deletes(report, url, run_ids + limited_ids + threaded_ids)
+        _relate_to_commit_rate(report, commits)
 
         loaded = 0
         for size in sorted(sizes):
@@ -149,6 +168,14 @@ def run_models_bench(sizes: list[int], runs: int, as_json: bool) -> Report:
             _bench_reads(report, url, size, plain_id)
     report.print(as_json)
     return report
+
+
+def _relate_to_commit_rate(report: Report, commits_per_second: float) -> None:
+    """Every rate measured so far also as a fraction of the single-row commit rate."""
+    for figure in report.figures:
+        if figure.unit.endswith("/s") and figure.unit != "commits/s":
+            fraction = f"{figure.value / commits_per_second:.0%} of single-row commits/s"
+            figure.note = f"{figure.note}; {fraction}" if figure.note else fraction
 
 
 def _describe_url() -> str:
@@ -175,32 +202,49 @@ def _create_runs(url: str, flow_id: uuid.UUID, deployment_id: uuid.UUID, count: 
     return ids
 
 
-def _bench_creates(report: Report, url: str, flow_id: uuid.UUID, deployment_id: uuid.UUID, count: int) -> list[uuid.UUID]:
+def _bench_creates(
+    report: Report, url: str, flow_id: uuid.UUID, deployment_id: uuid.UUID, count: int,
+    threads: int = 1, name: str = "creates/s (with a Scheduled state)",
+) -> list[uuid.UUID]:
     ids: list[uuid.UUID] = []
-    seconds = timed(lambda: ids.extend(_create_runs(url, flow_id, deployment_id, count)))
-    report.add("creates/s (with a Scheduled state)", rate(count, seconds), "runs/s")
+
+    def create(share: list[int]) -> None:
+        ids.extend(_create_runs(url, flow_id, deployment_id, len(share)))
+
+    seconds = timed(lambda: _in_threads(create, list(range(count)), threads))
+    report.add(name, rate(count, seconds), "runs/s")
     return ids
 
 
-def _bench_transitions(report: Report, url: str, run_ids: list[uuid.UUID], name: str) -> None:
+def _in_threads(work: Callable[[list[Any]], None], items: list[Any], threads: int) -> None:
+    """`work` on `threads` interleaved shares of `items`, each share on its own thread (and so its
+    own pooled connection); returns when all are done, re-raising the first error."""
+    if threads == 1:
+        work(items)
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        for future in [pool.submit(work, items[index::threads]) for index in range(threads)]:
+            future.result()
+
+
+def _bench_transitions(report: Report, url: str, run_ids: list[uuid.UUID], name: str, threads: int = 1) -> None:
     from models import flow_runs
     from models.schemas.responses import SetStateStatus
     from models.schemas.states import Completed, Pending, Running
     from orchestration import CoreFlowPolicy
 
-    rejected = 0
+    rejected: list[uuid.UUID] = []
 
-    def drive() -> None:
-        nonlocal rejected
-        for run_id in run_ids:
+    def drive(share: list[uuid.UUID]) -> None:
+        for run_id in share:
             for make in (Pending, Running, Completed):
                 with database.unit_of_work(url) as session:
                     result = flow_runs.set_flow_run_state(session, run_id, make(), flow_policy=CoreFlowPolicy)
                     if result.status != SetStateStatus.ACCEPT:
-                        rejected += 1
+                        rejected.append(run_id)
 
-    seconds = timed(drive)
-    note = f"{rejected} not accepted" if rejected else ""
+    seconds = timed(lambda: _in_threads(drive, run_ids, threads))
+    note = f"{len(rejected)} not accepted" if rejected else ""
     report.add(name, rate(3 * len(run_ids), seconds), "transitions/s", note)
 
 
@@ -312,19 +356,8 @@ def run_limit_bench(seconds: float, as_json: bool) -> Report:
     """Single-row UPDATE + COMMIT in a loop on one connection: the ceiling for one-transaction work."""
     report = Report("flowruns bench limit (one connection, one row, one commit per update)", _describe_url())
     with scratch_database() as url:
-        engine = database.get_engine(url)
-        with engine.begin() as connection:
-            connection.exec_driver_sql("CREATE TABLE bench_counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
-            connection.exec_driver_sql("INSERT INTO bench_counter VALUES (1, 0)")
-        commits = 0
-        deadline = time.perf_counter() + seconds
-        started = time.perf_counter()
-        with engine.connect() as connection:
-            while time.perf_counter() < deadline:
-                with connection.begin():
-                    connection.exec_driver_sql("UPDATE bench_counter SET n = n + 1 WHERE id = 1")
-                commits += 1
-        report.add("single-row commits/s", rate(commits, time.perf_counter() - started), "commits/s")
+        commits = _single_row_commit_rate(url, seconds)
+        report.add("single-row commits/s", commits, "commits/s")
     report.print(as_json)
     return report
 
@@ -335,7 +368,6 @@ def run_limit_bench(seconds: float, as_json: bool) -> Report:
 
 WORKER_BENCH_SERIAL_RUNS = 100
 """Runs driven one request at a time first: the round trip of a lone request."""
-WORKER_BENCH_COMMIT_SECONDS = 3.0
 
 
 def run_worker_bench(concurrencies: list[int], runs: int, in_flight: int, redis_db: int, as_json: bool) -> int:
@@ -352,7 +384,7 @@ def run_worker_bench(concurrencies: list[int], runs: int, in_flight: int, redis_
     report = Report("flowruns bench worker (foreign producer → Redis → worker → PostgreSQL → result back)",
                     f"{_describe_url()}, Redis {chaos.safe_url(chaos.redis_url_with_db(settings.broker_url, redis_db))}")
     with scratch_database() as url:
-        commits = _single_row_commit_rate(url, WORKER_BENCH_COMMIT_SECONDS)
+        commits = _single_row_commit_rate(url, COMMIT_RATE_SECONDS)
     report.add("single-row commits/s (as bench limit)", commits, "commits/s")
     options = chaos.Options(database_url=settings.database_url, redis_url=settings.broker_url, redis_db=redis_db)
     for concurrency in concurrencies:
