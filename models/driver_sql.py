@@ -17,15 +17,17 @@ PostgreSQL only: SQLite keeps `Connection.execute` (see `supported`).
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
 
 Processor = Callable[[Any], Any]
+CoreStatement = sa.Select[Any] | sa.Insert | sa.Update | sa.Delete
 
 
 def supported(session: Session) -> bool:
@@ -36,16 +38,19 @@ def supported(session: Session) -> bool:
 class DriverStatement:
     """A Core statement compiled for one dialect: its SQL text and its types' processors."""
 
-    def __init__(self, statement: sa.Executable, dialect: Dialect) -> None:
-        compiled = statement.compile(dialect=dialect)
+    def __init__(self, statement: CoreStatement, dialect: Dialect) -> None:
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
         self.sql: str = str(compiled)
         self._bind_processors: tuple[tuple[str, Processor], ...] = tuple(
             (name, processor)
             for name, bind in compiled.binds.items()
             if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         )
-        columns: Sequence[Any] = getattr(statement, "selected_columns", ())
-        processors = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
+        # What a SELECT selects, or a DML statement's RETURNING columns (none without RETURNING).
+        processors = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in statement.exported_columns
+        ]
         self._result_processors: tuple[tuple[int, Processor], ...] = tuple(
             (index, processor) for index, processor in enumerate(processors) if processor is not None
         )
@@ -66,7 +71,7 @@ class DriverStatement:
         return tuple(values)
 
 
-def first(session: Session, statement: sa.Executable, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+def first(session: Session, statement: CoreStatement, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """The first row of a SELECT (or a statement with RETURNING) run in the session's transaction;
     None when there is none. Through the driver when it is psycopg, else `Connection.execute`."""
     if not supported(session):
@@ -76,7 +81,7 @@ def first(session: Session, statement: sa.Executable, values: Mapping[str, Any])
     return compiled.row(_execute(session.connection(), compiled, values).fetchone())
 
 
-def execute(session: Session, statement: sa.Executable, values: Mapping[str, Any]) -> None:
+def execute(session: Session, statement: CoreStatement, values: Mapping[str, Any]) -> None:
     """Run a statement that returns no rows in the session's transaction (as `first` does)."""
     if not supported(session):
         session.connection().execute(statement, values)
@@ -85,7 +90,7 @@ def execute(session: Session, statement: sa.Executable, values: Mapping[str, Any
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(statement: sa.Executable, dialect: Dialect) -> DriverStatement:
+def _compiled(statement: CoreStatement, dialect: Dialect) -> DriverStatement:
     # Keyed by the statement object: callers pass statements they build once and cache.
     return DriverStatement(statement, dialect)
 
@@ -111,14 +116,14 @@ def _as_sqlalchemy_error(
     statement: DriverStatement,
     parameters: dict[str, Any],
     error: psycopg.Error,
-) -> sa_exc.DBAPIError:
+) -> sa_exc.StatementError:
     """The error `Connection.execute` would have raised; a connection that is gone is invalidated
     first, so that its transaction is over and the pool replaces it."""
     dialect = connection.dialect
-    disconnected = dialect.is_disconnect(error, driver_connection, cursor)
+    disconnected = dialect.is_disconnect(cast(Any, error), cast(Any, driver_connection), cast(Any, cursor))
     if disconnected:
         connection.invalidate(error)
-    return sa_exc.DBAPIError.instance(  # type: ignore[no-any-return]
+    return sa_exc.DBAPIError.instance(
         statement.sql,
         parameters,
         error,

@@ -251,7 +251,10 @@ class OrchestrationContext(Generic[RunT]):
             set_committed_value(instance, "state", state)
 
     def _held_instance(self) -> Any:
-        return self.session.identity_map.get(identity_key(self.TABLES.run_class, self.run.id))
+        identity_map = self.session.identity_map
+        if not identity_map:  # a worker's session holds nothing: no key to build
+            return None
+        return identity_map.get(identity_key(self.TABLES.run_class, self.run.id))
 
     def _state_values(self, state: State) -> dict[str, Any]:
         """The columns of the state row to write for `state` (raises if it cannot be stored)."""
