@@ -3,7 +3,9 @@
 `create_flow_run` returns the ORM run, but a unit-of-work flush (and the reload an idempotent
 insert needed) costs more than the insert itself. So every column's value is decided here, the
 defaults the ORM would apply included; one INSERT writes them, and the same values make the
-instance the session then holds as if it had loaded it (no second round trip).
+instance the session then holds as if it had loaded it (no second round trip). On PostgreSQL a
+run created with a state is not inserted here: its row goes in the statement that writes its
+first state (`models.transition_sql`, `LockedRun.unsaved`).
 """
 
 import functools
@@ -49,12 +51,8 @@ def read_parents(session: Session, flow_id: uuid.UUID, deployment_id: uuid.UUID 
     return Parents(flow_labels, deployment_labels)
 
 
-def insert_flow_run(session: Session, values: dict[str, Any], idempotent: bool) -> dict[str, Any] | None:
-    """Insert the run; every column's value as written.
-
-    `idempotent`: a run of the same flow with the same idempotency key wins, and None is
-    returned (nothing was inserted). Database errors propagate.
-    """
+def new_run_row(values: dict[str, Any], idempotent: bool) -> dict[str, Any]:
+    """Every column's value for a new run with these `values` (the defaults filled in)."""
     row = _defaults()
     for key, value in values.items():
         # The plain insert was an ORM flush, which leaves a column set to None to its default;
@@ -62,6 +60,16 @@ def insert_flow_run(session: Session, values: dict[str, Any], idempotent: bool) 
         if value is None and row[key] is not None and not idempotent:
             continue
         row[key] = value
+    return row
+
+
+def insert_flow_run(session: Session, values: dict[str, Any], idempotent: bool) -> dict[str, Any] | None:
+    """Insert the run; every column's value as written.
+
+    `idempotent`: a run of the same flow with the same idempotency key wins, and None is
+    returned (nothing was inserted). Database errors propagate.
+    """
+    row = new_run_row(values, idempotent)
     if idempotent:
         statement = _insert_unless_known_statement(session.get_bind().dialect.name)
         if driver_sql.first(session, statement, row) is None:

@@ -10,15 +10,16 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from models import orm
+from models.database import dialect_name
 from models.errors import ObjectNotFoundError
-from models.flow_run_inserts import Parents, insert_flow_run, persistent_flow_run, read_parents
 from models.flow_run_graph import read_flow_run_graph, read_task_run_dependencies
+from models.flow_run_inserts import Parents, insert_flow_run, new_run_row, persistent_flow_run, read_parents
 from models.flow_run_queries import count_flow_runs, read_flow_runs
 from models.schemas.actions import FlowRunCreate, FlowRunUpdate
 from models.schemas.core import FlowRun
 from models.schemas.responses import OrchestrationResult
 from models.schemas.states import State
-from models.transition_sql import LockedRun, lock_flow_run
+from models.transition_sql import FLOW_RUNS, LockedRun, lock_flow_run, save_unsaved_run
 from models.types import now_utc
 from models.work_queues import resolve_work_queue
 
@@ -68,7 +69,13 @@ def create_flow_run(
     values["created"] = values["updated"] = now_utc()
     values.setdefault("id", uuid.uuid4())
 
-    row = insert_flow_run(session, values, idempotent=bool(flow_run.idempotency_key))
+    idempotent = bool(flow_run.idempotency_key)
+    if flow_run.state is not None and not idempotent and dialect_name(session) == "postgresql":
+        # Its INSERT goes with the first state's, in one statement (see `LockedRun.unsaved`).
+        row: dict[str, Any] | None = new_run_row(values, idempotent)
+        unsaved = True
+    else:
+        row, unsaved = insert_flow_run(session, values, idempotent), False
     if row is None:  # the idempotency key is taken: that run is the answer
         return session.execute(
             sa.select(orm.FlowRun)
@@ -87,7 +94,9 @@ def create_flow_run(
         # The run is this transaction's own (no one else can see it yet): no lock to take. The
         # rules work on a plain copy; the writes keep the session's instance in step.
         proposed = proposed_state_from(flow_run.state)
-        _orchestrate(session, LockedRun(row, None), None, proposed, {}, None, orchestration_parameters, None)
+        locked = LockedRun(row, None, unsaved=unsaved)
+        _orchestrate(session, locked, None, proposed, {}, None, orchestration_parameters, None)
+        save_unsaved_run(session, FLOW_RUNS, locked)  # a proposal that wrote nothing
     return run
 
 

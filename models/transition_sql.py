@@ -104,13 +104,19 @@ class StateRecord(NamedTuple):
 class LockedRun:
     """A run read under its row lock: the columns the rules read and change, as attributes, and
     its current state as `state`. Not identity-mapped: `write_transition` and `update_run` are
-    what persist it."""
+    what persist it.
+
+    `unsaved`: a run this transaction creates, with every column among its values, whose INSERT
+    waits for its first write (it goes in the same statement as its first state), or for
+    `save_unsaved_run` when no write came."""
 
     state: StateRecord | None
+    unsaved: bool
 
-    def __init__(self, values: Mapping[str, Any], state: StateRecord | None) -> None:
+    def __init__(self, values: Mapping[str, Any], state: StateRecord | None, unsaved: bool = False) -> None:
         self.__dict__.update(values)
         self.state = state
+        self.unsaved = unsaved
 
     def __repr__(self) -> str:
         return f"LockedRun(id={self.__dict__.get('id')!r}, state_type={self.__dict__.get('state_type')!r})"
@@ -242,6 +248,22 @@ def _insert_state_and_update_run_statement(tables: RunTables, run_columns: tuple
     )
 
 
+@functools.cache
+def _insert_run_and_state_statement(tables: RunTables) -> sa.Insert:
+    """PostgreSQL: `WITH new_run AS (INSERT run ...) INSERT state ...`, one round trip for a new
+    run and its first state; the two rows' foreign keys to each other are checked at the end of
+    the statement, when both exist."""
+    state, run = tables.state, tables.run
+    insert_run = sa.insert(run).values(
+        {name: sa.bindparam(f"run__{name}", type_=column.type) for name, column in run.c.items()}
+    )
+    return (
+        sa.insert(state)
+        .values({name: sa.bindparam(f"state__{name}", type_=column.type) for name, column in state.c.items()})
+        .add_cte(insert_run.cte("new_run"))
+    )
+
+
 # -- locking ----------------------------------------------------------------------------------
 
 
@@ -311,11 +333,22 @@ def lock_task_run(session: Session, task_run_id: uuid.UUID) -> LockedRun | None:
 
 
 def write_transition(
-    session: Session, tables: RunTables, run_id: uuid.UUID, state: dict[str, Any], run_changes: dict[str, Any]
+    session: Session, tables: RunTables, run: Any, state: dict[str, Any], run_changes: dict[str, Any]
 ) -> None:
     """Insert the state (all its columns given) and update the run's changed columns (its
-    `state_id` among them, `updated` included)."""
+    `state_id` among them, `updated` included). An unsaved run is inserted with the state instead
+    (its attributes already hold the changes)."""
     connection = session.connection()
+    run_id = run.id
+    if _is_unsaved(run):
+        run.unsaved = False
+        if connection.dialect.name == "postgresql":
+            parameters = {f"state__{name}": state.get(name) for name in tables.state.c.keys()}
+            parameters.update({f"run__{name}": getattr(run, name) for name in tables.run.c.keys()})
+            driver_sql.execute(session, _insert_run_and_state_statement(tables), parameters)
+            return
+        # Elsewhere the run goes first, pointing at no state until the update below.
+        _insert_run(session, tables, run, state_id=None)
     if connection.dialect.name == "postgresql":
         parameters = {f"state__{name}": state.get(name) for name in tables.state.c.keys()}
         parameters.update({f"run__{name}": value for name, value in run_changes.items()})
@@ -327,6 +360,33 @@ def write_transition(
     connection.execute(_update_run_statement(tables), {"run_id": run_id, **run_changes})
 
 
-def update_run(session: Session, tables: RunTables, run_id: uuid.UUID, changes: dict[str, Any]) -> None:
-    """Write the given run columns (`updated` included by the caller)."""
-    session.connection().execute(_update_run_statement(tables), {"run_id": run_id, **changes})
+def update_run(session: Session, tables: RunTables, run: Any, changes: dict[str, Any]) -> None:
+    """Write the given run columns (`updated` included by the caller); an unsaved run is inserted
+    whole (its attributes already hold the changes)."""
+    if save_unsaved_run(session, tables, run):
+        return
+    session.connection().execute(_update_run_statement(tables), {"run_id": run.id, **changes})
+
+
+def save_unsaved_run(session: Session, tables: RunTables, run: Any) -> bool:
+    """Insert an unsaved run that no write has saved yet; whether it was one."""
+    if not _is_unsaved(run):
+        return False
+    run.unsaved = False
+    _insert_run(session, tables, run)
+    return True
+
+
+def _is_unsaved(run: Any) -> bool:
+    return isinstance(run, LockedRun) and run.unsaved
+
+
+def _insert_run(session: Session, tables: RunTables, run: LockedRun, **overrides: Any) -> None:
+    values = {name: getattr(run, name) for name in tables.run.c.keys()}
+    values.update(overrides)
+    driver_sql.execute(session, _insert_statement(tables.run), values)
+
+
+@functools.cache
+def _insert_statement(table: sa.Table) -> sa.Insert:
+    return sa.insert(table)

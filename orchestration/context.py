@@ -195,7 +195,7 @@ class OrchestrationContext(Generic[RunT]):
         changes = self._run_changes()
         changes["updated"] = row["updated"]
         # database errors propagate: the caller's transaction rolls back
-        write_transition(self.session, self.TABLES, self.run.id, row, changes)
+        write_transition(self.session, self.TABLES, self.run, row, changes)
         self._stored.update(changes)
         self._attach_state(row)
         self._keep_instance_in_step(changes, row)
@@ -210,7 +210,7 @@ class OrchestrationContext(Generic[RunT]):
         if not changes:
             return
         changes["updated"] = now_utc()
-        update_run(self.session, self.TABLES, self.run.id, changes)
+        update_run(self.session, self.TABLES, self.run, changes)
         self._stored.update(changes)
         self._keep_instance_in_step(changes)
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from models import database, driver_sql, flow_runs, orm
 from models.schemas import states
 from models.schemas.states import StateDetails
-from models.transition_sql import FLOW_RUNS, lock_flow_run, write_transition
+from models.transition_sql import FLOW_RUNS, LockedRun, lock_flow_run, write_transition
 from models.types import now_utc
 from orchestration import CoreFlowPolicy
 from tests.fixtures import make_flow_run
@@ -145,7 +145,7 @@ def test_a_constraint_violation_is_integrity_error_and_writes_nothing(
     with pytest.raises(sa_exc.IntegrityError):
         with database.unit_of_work(db) as writer:
             changes = {"state_type": states.StateType.RUNNING, "updated": now_utc()}
-            write_transition(writer, FLOW_RUNS, run.id, state, changes)
+            write_transition(writer, FLOW_RUNS, LockedRun({"id": run.id}, None), state, changes)
 
     assert session.get(orm.FlowRun, run.id, populate_existing=True).state_type == states.StateType.PENDING  # type: ignore[union-attr]
     count = session.execute(sa.select(sa.func.count()).select_from(orm.FlowRunState)).scalar_one()

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from models import database, flow_runs, orm
 from models.errors import ObjectNotFoundError, ValidationError
-from models.schemas import actions, states
+from models.schemas import actions, core, states
 from models.schemas.responses import SetStateStatus
 from models.schemas.states import State, StateDetails, StateType
 from models.types import now_utc
@@ -451,6 +451,43 @@ def test_completion_without_a_slot_releases_nothing(session: Session, flow: orm.
 
     # the lock read that the run holds no slot: no DELETE of its holdings
     assert seen == ["SELECT", *_written(session, "INSERT", "UPDATE")]
+
+
+def test_create_with_a_state_costs_the_parents_read_and_one_write(session: Session, flow: orm.Flow) -> None:
+    session.commit()
+    session.expunge_all()
+    scheduled_time = now_utc() + datetime.timedelta(minutes=5)
+
+    with statements(session) as seen:
+        created = flow_runs.create_flow_run(
+            session, core.FlowRun(flow_id=flow.id, state=states.Scheduled(scheduled_time=scheduled_time))
+        )
+    session.commit()
+
+    # on PostgreSQL the run and its first state go in one statement (the run's INSERT as a CTE)
+    assert seen == ["SELECT", *_written(session, "INSERT", "INSERT", "UPDATE")]
+    session.expunge_all()
+    run = session.get(orm.FlowRun, created.id)
+    assert run is not None and run.state is not None
+    assert run.state.flow_run_id == run.id and run.state_type == StateType.SCHEDULED
+    assert run.next_scheduled_start_time == scheduled_time == run.expected_start_time
+    history = session.scalars(sa.select(orm.FlowRunState).where(orm.FlowRunState.flow_run_id == run.id)).all()
+    assert [state.id for state in history] == [run.state_id]
+
+
+def test_create_whose_state_cannot_be_stored_still_creates_the_run(session: Session, flow: orm.Flow) -> None:
+    unstorable = states.Scheduled(data={"not json": object()})
+
+    created = flow_runs.create_flow_run(session, core.FlowRun(flow_id=flow.id, state=unstorable))
+    session.commit()
+    session.expunge_all()
+
+    run = session.get(orm.FlowRun, created.id)
+    assert run is not None and run.state_id is None
+    # as Prefect: the global transforms had set the run's state columns before the proposal
+    # failed to store, and the run keeps them
+    assert run.state_type == StateType.SCHEDULED
+    assert session.scalar(sa.select(sa.func.count()).select_from(orm.FlowRunState)) == 0
 
 
 # -- the row lock ---------------------------------------------------------------------------------
