@@ -1,18 +1,22 @@
 """Engine, sessions and the unit of work, bound to `FLOWRUNS_DATABASE_URL`."""
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic_core
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.util import identity_key
 
 from models.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+InstanceT = TypeVar("InstanceT")
 
 _engines: dict[str, Engine] = {}
 _session_factories: dict[str, sessionmaker[Session]] = {}
@@ -91,6 +95,21 @@ def unit_of_work(url: str | None = None) -> Iterator[Session]:
             yield session
     finally:
         session.close()
+
+
+def held_instance(session: Session, model: type[InstanceT], primary_key: Any) -> InstanceT | None:
+    """The session's instance of `model` with this primary key, if it holds one. No identity key
+    is built for a session that holds nothing (a worker's, on every hot path)."""
+    identity_map = session.identity_map
+    if not identity_map:
+        return None
+    return identity_map.get(identity_key(model, primary_key))  # type: ignore[no-any-return]
+
+
+@functools.cache
+def table_insert(table: sa.Table) -> sa.Insert:
+    """A plain INSERT of every column of `table`, built once (so its compiled form is reused)."""
+    return sa.insert(table)
 
 
 def dialect_name(session: Session) -> str:

@@ -14,10 +14,9 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, make_transient_to_detached
-from sqlalchemy.orm.util import identity_key
 
 from models import driver_sql, orm
-from models.database import insert_for_dialect
+from models.database import held_instance, insert_for_dialect, table_insert
 from models.errors import ObjectNotFoundError
 
 _runs: sa.Table = orm.FlowRun.__table__  # type: ignore[assignment]
@@ -33,10 +32,8 @@ class Parents(NamedTuple):
 def read_parents(session: Session, flow_id: uuid.UUID, deployment_id: uuid.UUID | None) -> Parents:
     """The flow's and deployment's labels: from the session when it holds both, else one query.
     A missing flow or deployment is `ObjectNotFoundError`."""
-    flow = session.identity_map.get(identity_key(orm.Flow, flow_id))
-    deployment = None
-    if deployment_id is not None:
-        deployment = session.identity_map.get(identity_key(orm.Deployment, deployment_id))
+    flow = held_instance(session, orm.Flow, flow_id)
+    deployment = held_instance(session, orm.Deployment, deployment_id) if deployment_id is not None else None
     if flow is not None and (deployment_id is None or deployment is not None):
         return Parents(flow.labels, deployment.labels if deployment is not None else None)
     if session.autoflush:
@@ -75,7 +72,7 @@ def insert_flow_run(session: Session, values: dict[str, Any], idempotent: bool) 
         if driver_sql.first(session, statement, row) is None:
             return None
     else:
-        driver_sql.execute(session, _insert_statement(), row)
+        driver_sql.execute(session, table_insert(_runs), row)
     return row
 
 
@@ -114,11 +111,6 @@ def _callable_defaults() -> tuple[tuple[str, Any], ...]:
         for column in _runs.columns
         if column.default is not None and column.default.is_callable
     )
-
-
-@functools.cache
-def _insert_statement() -> sa.Insert:
-    return sa.insert(_runs)
 
 
 @functools.cache

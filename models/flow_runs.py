@@ -7,10 +7,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.orm.util import identity_key
 
 from models import orm
-from models.database import dialect_name
+from models.database import dialect_name, held_instance
 from models.errors import ObjectNotFoundError
 from models.flow_run_graph import read_flow_run_graph, read_task_run_dependencies
 from models.flow_run_inserts import Parents, insert_flow_run, new_run_row, persistent_flow_run, read_parents
@@ -147,7 +146,7 @@ def delete_flow_run(session: Session, flow_run_id: uuid.UUID) -> bool:
     if deleted is None:
         return False
     cleanup_flow_run_concurrency_slots(session, flow_run_id)
-    instance = session.identity_map.get(identity_key(orm.FlowRun, flow_run_id))
+    instance = held_instance(session, orm.FlowRun, flow_run_id)
     if instance is not None:
         session.expunge(instance)
     return True
@@ -229,7 +228,7 @@ def _lock_for_orchestration(
 
     if session.autoflush:
         session.flush()  # as an ORM query would: pending changes are visible to the rules
-    if session.identity_map and session.identity_map.get(identity_key(orm.FlowRun, flow_run_id)) is not None:
+    if held_instance(session, orm.FlowRun, flow_run_id) is not None:
         run = read_flow_run(session, flow_run_id, for_update=True)
         if run is None:
             raise ObjectNotFoundError(f"flow_run_id: no flow run with id {flow_run_id}")

@@ -5,10 +5,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.util import identity_key
 
 from models import orm
-from models.database import dialect_insert
+from models.database import dialect_insert, held_instance
 from models.errors import ObjectNotFoundError
 from models.schemas.actions import TaskRunCreate
 from models.schemas.core import TaskRun
@@ -88,7 +87,7 @@ def set_task_run_state(
     if session.autoflush:
         session.flush()  # as an ORM query would: pending changes are visible to the rules
     run: Any
-    if session.identity_map.get(identity_key(orm.TaskRun, task_run_id)) is not None:
+    if held_instance(session, orm.TaskRun, task_run_id) is not None:
         # the session's instance stays the one truth: lock and refresh it through the ORM
         run = session.execute(
             sa.select(orm.TaskRun)

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from models import driver_sql, orm
+from models.database import table_insert
 from models.schemas.core import ConcurrencyLimitStrategy, ConcurrencyOptions
 from models.schemas.states import StateDetails, StateType
 
@@ -227,11 +228,6 @@ def _update_run_statement(tables: RunTables) -> sa.Update:
     return sa.update(tables.run).where(tables.run.c.id == sa.bindparam("run_id"))
 
 
-@functools.cache
-def _insert_state_statement(tables: RunTables) -> sa.Insert:
-    return sa.insert(tables.state)
-
-
 @functools.lru_cache(maxsize=256)
 def _insert_state_and_update_run_statement(tables: RunTables, run_columns: tuple[str, ...]) -> sa.Update:
     """PostgreSQL: `WITH new_state AS (INSERT ...) UPDATE run ...`, one round trip. The run's
@@ -339,25 +335,27 @@ def write_transition(
     `state_id` among them, `updated` included). An unsaved run is inserted with the state instead
     (its attributes already hold the changes)."""
     connection = session.connection()
-    run_id = run.id
-    if _is_unsaved(run):
+    unsaved = _is_unsaved(run)
+    if unsaved:
         run.unsaved = False
-        if connection.dialect.name == "postgresql":
-            parameters = {f"state__{name}": state.get(name) for name in tables.state.c.keys()}
-            parameters.update({f"run__{name}": getattr(run, name) for name in tables.run.c.keys()})
-            driver_sql.execute(session, _insert_run_and_state_statement(tables), parameters)
-            return
-        # Elsewhere the run goes first, pointing at no state until the update below.
-        _insert_run(session, tables, run, state_id=None)
     if connection.dialect.name == "postgresql":
         parameters = {f"state__{name}": state.get(name) for name in tables.state.c.keys()}
-        parameters.update({f"run__{name}": value for name, value in run_changes.items()})
-        parameters["run_id"] = run_id
-        driver_sql.execute(session, _insert_state_and_update_run_statement(tables, tuple(run_changes)), parameters)
+        statement: sa.Insert | sa.Update
+        if unsaved:
+            parameters.update({f"run__{name}": getattr(run, name) for name in tables.run.c.keys()})
+            statement = _insert_run_and_state_statement(tables)
+        else:
+            parameters.update({f"run__{name}": value for name, value in run_changes.items()})
+            parameters["run_id"] = run.id
+            statement = _insert_state_and_update_run_statement(tables, tuple(run_changes))
+        driver_sql.execute(session, statement, parameters)
         return
-    # SQLite has no data-modifying CTEs: two statements (the database is local, no round trips).
-    connection.execute(_insert_state_statement(tables), state)
-    connection.execute(_update_run_statement(tables), {"run_id": run_id, **run_changes})
+    # SQLite has no data-modifying CTEs: separate statements (the database is local, no round
+    # trips); an unsaved run goes first, pointing at no state until the update.
+    if unsaved:
+        _insert_run(session, tables, run, state_id=None)
+    connection.execute(table_insert(tables.state), state)
+    connection.execute(_update_run_statement(tables), {"run_id": run.id, **run_changes})
 
 
 def update_run(session: Session, tables: RunTables, run: Any, changes: dict[str, Any]) -> None:
@@ -384,9 +382,4 @@ def _is_unsaved(run: Any) -> bool:
 def _insert_run(session: Session, tables: RunTables, run: LockedRun, **overrides: Any) -> None:
     values = {name: getattr(run, name) for name in tables.run.c.keys()}
     values.update(overrides)
-    driver_sql.execute(session, _insert_statement(tables.run), values)
-
-
-@functools.cache
-def _insert_statement(table: sa.Table) -> sa.Insert:
-    return sa.insert(table)
+    driver_sql.execute(session, table_insert(tables.run), values)

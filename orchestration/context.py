@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from pydantic_core import to_jsonable_python
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.orm.util import identity_key
 
 from models import orm
+from models.database import held_instance
 from models.errors import ObjectNotFoundError, ValidationError
 from models.schemas.base import deep_copy
 from models.schemas.responses import (
@@ -251,10 +251,7 @@ class OrchestrationContext(Generic[RunT]):
             set_committed_value(instance, "state", state)
 
     def _held_instance(self) -> Any:
-        identity_map = self.session.identity_map
-        if not identity_map:  # a worker's session holds nothing: no key to build
-            return None
-        return identity_map.get(identity_key(self.TABLES.run_class, self.run.id))
+        return held_instance(self.session, self.TABLES.run_class, self.run.id)
 
     def _state_values(self, state: State) -> dict[str, Any]:
         """The columns of the state row to write for `state` (raises if it cannot be stored)."""
