@@ -54,8 +54,13 @@ class Report:
     title: str
     database: str
     figures: list[Figure] = field(default_factory=list)
+    commits_per_second: float | None = None
+    """Once measured, every rate added is also given as a fraction of this single-row commit rate."""
 
     def add(self, name: str, value: float, unit: str, note: str = "") -> None:
+        if self.commits_per_second and unit.endswith("/s") and unit != "commits/s":
+            fraction = f"{value / self.commits_per_second:.1%} of single-row commits/s"
+            note = f"{note}; {fraction}" if note else fraction
         self.figures.append(Figure(name, value, unit, note))
         progress(f"  {name}: {value:,.2f} {unit} {note}".rstrip())
 
@@ -131,6 +136,7 @@ def run_models_bench(sizes: list[int], runs: int, as_json: bool) -> Report:
         progress("measuring the single-row commit rate (as bench limit) ...")
         commits = _single_row_commit_rate(url, COMMIT_RATE_SECONDS)
         report.add("single-row commits/s (as bench limit)", commits, "commits/s")
+        report.commits_per_second = commits
         with database.unit_of_work(url) as session:
             flow = flows.create_flow(session, FlowCreate(name="bench"))
             plain = deployments.create_deployment(session, DeploymentCreate(name="plain", flow_id=flow.id))
@@ -158,7 +164,6 @@ def run_models_bench(sizes: list[int], runs: int, as_json: bool) -> Report:
         )
         progress(f"deleting {runs} runs ...")
         _bench_deletes(report, url, run_ids + limited_ids + threaded_ids)
-        _relate_to_commit_rate(report, commits)
 
         loaded = 0
         for size in sorted(sizes):
@@ -168,14 +173,6 @@ def run_models_bench(sizes: list[int], runs: int, as_json: bool) -> Report:
             _bench_reads(report, url, size, plain_id)
     report.print(as_json)
     return report
-
-
-def _relate_to_commit_rate(report: Report, commits_per_second: float) -> None:
-    """Every rate measured so far also as a fraction of the single-row commit rate."""
-    for figure in report.figures:
-        if figure.unit.endswith("/s") and figure.unit != "commits/s":
-            fraction = f"{figure.value / commits_per_second:.0%} of single-row commits/s"
-            figure.note = f"{figure.note}; {fraction}" if figure.note else fraction
 
 
 def _describe_url() -> str:
@@ -386,6 +383,7 @@ def run_worker_bench(concurrencies: list[int], runs: int, in_flight: int, redis_
     with scratch_database() as url:
         commits = _single_row_commit_rate(url, COMMIT_RATE_SECONDS)
     report.add("single-row commits/s (as bench limit)", commits, "commits/s")
+    report.commits_per_second = commits
     options = chaos.Options(database_url=settings.database_url, redis_url=settings.broker_url, redis_db=redis_db)
     for concurrency in concurrencies:
         progress(f"{concurrency} worker process(es): {runs} runs, {in_flight} requests in flight ...")
@@ -435,8 +433,7 @@ def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int
         total = runs + WORKER_BENCH_SERIAL_RUNS
         if not driver.run_until(lambda: len(created) == total, time.monotonic() + 600):
             raise chaos.ChaosSetupError("the runs were not created within 600 s")
-        report.add(f"{label}: creates/s, {total} in flight", rate(total, time.perf_counter() - started), "runs/s",
-                   f"{rate(total, time.perf_counter() - started) / commits_per_second:.1%} of single-row commits/s")
+        report.add(f"{label}: creates/s, {total} in flight", rate(total, time.perf_counter() - started), "runs/s")
 
         serial = _drive_serially(driver, created[:WORKER_BENCH_SERIAL_RUNS])
         for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
@@ -458,8 +455,7 @@ def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int
             _report_cpu(report, label, before, cpu_usage.snapshot(pids), processes, 3 * len(concurrent_runs),
                         time.perf_counter() - started)
         throughput = rate(transitions, seconds)
-        report.add(f"{label}: transitions/s sustained, {in_flight} in flight", throughput, "transitions/s",
-                   f"{throughput / commits_per_second:.1%} of single-row commits/s")
+        report.add(f"{label}: transitions/s sustained, {in_flight} in flight", throughput, "transitions/s")
         for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
             value = percentile(latencies, fraction) * 1000
             report.add(f"{label}: latency {name}, {in_flight} in flight", value, "ms",
