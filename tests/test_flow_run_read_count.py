@@ -281,6 +281,15 @@ def combinations_to_check() -> Iterator[dict[str, int]]:
         yield dict(zip(FAMILY_OPTIONS, present))
 
 
+def chosen_bodies(choice: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """The filter bodies a combination chooses, the absent ones left out."""
+    return {
+        family: body
+        for family, index in choice.items()
+        if (body := FAMILY_OPTIONS[family][index]) is not None
+    }
+
+
 def test_count_equals_read_for_combinations_and_families_intersect(
     session: Session, world: World
 ) -> None:
@@ -294,11 +303,7 @@ def test_count_equals_read_for_combinations_and_families_intersect(
 
     checked = 0
     for choice in combinations_to_check():
-        bodies = {
-            family: body
-            for family, index in choice.items()
-            if (body := FAMILY_OPTIONS[family][index]) is not None
-        }
+        bodies = chosen_bodies(choice)
         expected = set.intersection(*(alone[item] for item in choice.items()))
         assert run_names(session, **parse_filters(bodies)) == expected, bodies
         checked += 1

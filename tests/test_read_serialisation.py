@@ -20,7 +20,7 @@ from models.schemas.responses import FlowRunResponse
 from models.schemas.sorting import FlowRunSort
 from models.schemas.states import StateDetails, StateType
 from tests.test_flow_run_filters import World, build_world, parse_filters
-from tests.test_flow_run_read_count import FAMILY_OPTIONS, combinations_to_check
+from tests.test_flow_run_read_count import chosen_bodies, combinations_to_check
 
 T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 FULL = parse_filters({"flow_run_filter": {"name": {"any_": ["full"]}}})
@@ -191,11 +191,7 @@ def test_plain_row_responses_equal_the_orm_path_for_every_filter_combination(
 ) -> None:
     checked = 0
     for choice in combinations_to_check():
-        bodies = {
-            family: body
-            for family, index in choice.items()
-            if (body := FAMILY_OPTIONS[family][index]) is not None
-        }
+        bodies = chosen_bodies(choice)
         for sort in (FlowRunSort.ID_DESC, FlowRunSort.NAME_ASC):
             session.expunge_all()
             arguments = {"sort": sort, **parse_filters(bodies)}
