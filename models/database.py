@@ -112,6 +112,15 @@ def table_insert(table: sa.Table) -> sa.Insert:
     return sa.insert(table)
 
 
+def limit_statement_time(session: Session, seconds: float) -> None:
+    """Have PostgreSQL cancel any statement of this transaction that runs longer than `seconds`."""
+    if dialect_name(session) == "postgresql":
+        session.execute(_SET_STATEMENT_TIMEOUT, {"milliseconds": str(max(1, int(seconds * 1000)))})
+
+
+_SET_STATEMENT_TIMEOUT = sa.text("SELECT set_config('statement_timeout', :milliseconds, true)")
+
+
 def dialect_name(session: Session) -> str:
     return session.get_bind().dialect.name
 

@@ -22,3 +22,11 @@ class ValidationError(FlowrunsError):
 
 class FlowRunGraphTooLarge(FlowrunsError):
     """The graph has more nodes than the configured maximum."""
+
+
+class InvalidRequestError(FlowrunsError):
+    """A valid request the worker will not carry out as asked (a read over its time bound)."""
+
+
+class PoisonMessageError(FlowrunsError):
+    """A message whose worker process died again and again while running it: parked, not run again."""

@@ -31,6 +31,19 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=8, ge=0)
     task_retry_backoff_max_seconds: int = Field(default=60, ge=1)
 
+    # What one message may hold (checked by the worker's main process before anything else).
+    max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_message_depth: int = Field(default=32, ge=4, le=200)
+    max_string_length: int = Field(default=100_000, ge=1024)
+    max_list_length: int = Field(default=10_000, ge=100)
+    max_object_keys: int = Field(default=10_000, ge=100)
+    max_json_field_bytes: int = Field(default=512 * 1024, ge=1024)
+    max_worker_losses: int = Field(default=3, ge=1)
+
+    # What one read may cost.
+    max_read_offset: int = Field(default=100_000, ge=0)
+    read_timeout_seconds: float = Field(default=10.0, gt=0)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

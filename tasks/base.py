@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import kombu.exceptions
-import psycopg
 import pydantic
 import pydantic_core
 import redis.exceptions
@@ -27,23 +26,20 @@ from sqlalchemy.orm import Session
 
 from models import requests
 from models.concurrency_slots import slots_released
-from models.database import unit_of_work
-from models.errors import FlowRunGraphTooLarge, ObjectNotFoundError, ValidationError
+from models.database import limit_statement_time, unit_of_work
+from models.database_errors import ErrorKind, classify, refusal_message
+from models.errors import FlowRunGraphTooLarge, InvalidRequestError, ObjectNotFoundError, ValidationError
 from models.settings import get_settings
-from tasks.app import app
+from tasks.app import GuardedTask, app
 
 logger = logging.getLogger(__name__)
 
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.DisconnectionError,
-    psycopg.OperationalError,
+BROKER_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     kombu.exceptions.OperationalError,
 )
-"""Transient failures: the task is retried (same task id, so the inbox still holds)."""
+"""A lost broker or result-backend connection (a follow-up could not be sent): retried."""
 
 BACKOFF_BASE_SECONDS = 1.0
 """The first retry waits up to this long; each further retry doubles the bound."""
@@ -76,6 +72,14 @@ class TaskSpec:
     handler: Handler
     recorded: bool
     follow_ups: FollowUps | None = None
+
+
+def failure_kind(error: BaseException) -> ErrorKind:
+    """What an error that ended a unit of work means: retry, refuse, or neither (see
+    `models.database_errors`); a lost broker connection is retried too."""
+    if isinstance(error, BROKER_CONNECTION_ERRORS):
+        return ErrorKind.TRANSIENT
+    return classify(error)
 
 
 def retry_countdown(retries: int, cap_seconds: float) -> float:
@@ -149,6 +153,8 @@ def run_unit(spec: TaskSpec, body: Any, task_id: str) -> UnitResult:
     for attempt in itertools.count(1):
         try:
             with unit_of_work() as session:
+                if not spec.recorded:
+                    limit_statement_time(session, get_settings().read_timeout_seconds)
                 if spec.recorded and (seen := requests.replayed_outcome(session, task_id, spec.name)) is not None:
                     logger.info("%s[%s] already processed; returning the recorded outcome", spec.name, task_id)
                     return UnitResult(seen.outcome, None)
@@ -184,10 +190,10 @@ def send_follow_ups(task: Task, follow_ups: Sequence[FollowUp]) -> None:
         task.app.send_task(follow_up.name, kwargs=follow_up.kwargs, task_id=follow_up.task_id)
 
 
-class FlowrunsTask(Task):
+class FlowrunsTask(GuardedTask):
     """Base of every flowruns task: the errors that fail at once are expected, not crashes."""
 
-    throws = (ObjectNotFoundError, ValidationError, FlowRunGraphTooLarge)
+    throws = (ObjectNotFoundError, ValidationError, InvalidRequestError, FlowRunGraphTooLarge)
     typing = False
     spec: TaskSpec
 
@@ -201,11 +207,27 @@ class FlowrunsTask(Task):
             outcome, released = run_unit(self.spec, body, task_id)
             if self.spec.follow_ups is not None:
                 send_follow_ups(self, self.spec.follow_ups(body, outcome, task_id, released))
-        except CONNECTION_ERRORS as error:
-            countdown = retry_countdown(self.request.retries, settings.task_retry_backoff_max_seconds)
-            logger.warning("%s[%s] lost a connection (%s); retrying in %.1fs", self.name, task_id, error, countdown)
-            raise self.retry(exc=error, countdown=countdown, max_retries=settings.task_max_retries) from error
+        except Exception as error:
+            kind = failure_kind(error)
+            # A write cancelled by a statement timeout waited on a lock held elsewhere: try again.
+            if kind is ErrorKind.TRANSIENT or (kind is ErrorKind.CANCELLED and self.spec.recorded):
+                countdown = retry_countdown(self.request.retries, settings.task_retry_backoff_max_seconds)
+                logger.warning("%s[%s] lost a connection or a database race (%s); retrying in %.1fs",
+                               self.name, task_id, _first_line(error), countdown)
+                raise self.retry(exc=error, countdown=countdown, max_retries=settings.task_max_retries) from error
+            if kind is ErrorKind.REFUSED:
+                raise ValidationError(refusal_message(error, next(iter(self.spec.body.model_fields)))) from error
+            if kind is ErrorKind.CANCELLED:
+                raise InvalidRequestError(
+                    f"request: this read took longer than {settings.read_timeout_seconds:g} s "
+                    "(FLOWRUNS_READ_TIMEOUT_SECONDS) and was stopped; narrow its filters or offset"
+                ) from error
+            raise
         return outcome
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).split("\n", 1)[0]
 
 
 def flowruns_task(

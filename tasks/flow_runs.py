@@ -66,6 +66,15 @@ class ReadFlowRuns(CountFlowRuns):
     limit: int | None = Field(default=None, validate_default=True)
     sort: FlowRunSort = FlowRunSort.ID_DESC
 
+    @field_validator("offset")
+    @classmethod
+    def _bounded_offset(cls, offset: int) -> int:
+        """A read skips `offset` rows one by one: past a bound, page with a filter instead."""
+        maximum = get_settings().max_read_offset
+        if offset > maximum:
+            raise ValueError(f"must be at most {maximum} (FLOWRUNS_MAX_READ_OFFSET); narrow the filters to page further")
+        return offset
+
     @field_validator("limit")
     @classmethod
     def _at_most_one_page(cls, limit: int | None) -> int:

@@ -18,7 +18,7 @@ import tasks
 from models.errors import ObjectNotFoundError, ValidationError
 from models.settings import Settings
 from tasks.app import celery_config, create_app
-from tasks.base import BACKOFF_BASE_SECONDS, CONNECTION_ERRORS, retry_countdown
+from tasks.base import BACKOFF_BASE_SECONDS, failure_kind, retry_countdown
 from tasks.beat import beat_schedule
 from tests.celery_support import (  # noqa: F401
     REPOSITORY,
@@ -105,10 +105,19 @@ def test_connection_losses_are_the_retried_errors() -> None:
     import redis
     from sqlalchemy import exc
 
-    for error in (exc.OperationalError, exc.InterfaceError, psycopg.OperationalError,
-                  redis.exceptions.ConnectionError, kombu.exceptions.OperationalError):
-        assert issubclass(error, CONNECTION_ERRORS)
-    assert not issubclass(ObjectNotFoundError, CONNECTION_ERRORS) and not issubclass(exc.IntegrityError, CONNECTION_ERRORS)
+    from models.database_errors import ErrorKind
+
+    lost = [
+        exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("server closed the connection unexpectedly")),
+        exc.InterfaceError("SELECT 1", {}, psycopg.InterfaceError("the connection is closed")),
+        psycopg.OperationalError("connection failed: Connection refused"),
+        redis.exceptions.ConnectionError("Connection refused"),
+        kombu.exceptions.OperationalError("Error 111 connecting"),
+    ]
+    for error in lost:
+        assert failure_kind(error) is ErrorKind.TRANSIENT, error
+    assert failure_kind(ObjectNotFoundError("flow_run_id: gone")) is ErrorKind.OTHER
+    assert failure_kind(exc.IntegrityError("INSERT", {}, Exception("duplicate key"))) is ErrorKind.REFUSED
 
 
 @pytest.mark.usefixtures("db")

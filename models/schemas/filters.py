@@ -28,6 +28,7 @@ from sqlalchemy.sql.visitors import InternalTraversal
 
 from models import orm
 from models.schemas.base import DateTime
+from models.schemas.bounds import FilterValues, ShortText
 from models.schemas.states import StateType
 
 Criterion = sa.ColumnElement[bool]
@@ -171,8 +172,8 @@ def _non_empty_criteria(*filters: FilterBaseModel | None) -> Iterator[Criterion]
 class FlowFilterId(FilterBaseModel):
     """Flow ids to include (`any_`) or exclude (`not_any_`)."""
 
-    any_: list[UUID] | None = None
-    not_any_: list[UUID] | None = None
+    any_: FilterValues[UUID] | None = None
+    not_any_: FilterValues[UUID] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -199,8 +200,8 @@ class FlowFilterDeployment(OperatorFilterBaseModel):
 class FlowFilterName(FilterBaseModel):
     """Exact flow names (`any_`) or a case-insensitive substring (`like_`)."""
 
-    any_: list[str] | None = None
-    like_: str | None = None
+    any_: FilterValues[ShortText] | None = None
+    like_: ShortText | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -212,7 +213,7 @@ class FlowFilterName(FilterBaseModel):
 class FlowFilterTags(OperatorFilterBaseModel):
     """Flows carrying every tag of `all_`, or with no tags / some tags (`is_null_`)."""
 
-    all_: list[str] | None = None
+    all_: FilterValues[ShortText] | None = None
     is_null_: bool | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
@@ -237,8 +238,8 @@ class FlowFilter(OperatorFilterBaseModel):
 class FlowRunFilterId(FilterBaseModel):
     """Flow run ids to include (`any_`) or exclude (`not_any_`)."""
 
-    any_: list[UUID] | None = None
-    not_any_: list[UUID] | None = None
+    any_: FilterValues[UUID] | None = None
+    not_any_: FilterValues[UUID] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -250,8 +251,8 @@ class FlowRunFilterId(FilterBaseModel):
 class FlowRunFilterName(FilterBaseModel):
     """Exact run names (`any_`) or a case-insensitive substring (`like_`)."""
 
-    any_: list[str] | None = None
-    like_: str | None = None
+    any_: FilterValues[ShortText] | None = None
+    like_: ShortText | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -263,8 +264,8 @@ class FlowRunFilterName(FilterBaseModel):
 class FlowRunFilterTags(OperatorFilterBaseModel):
     """Runs carrying every tag of `all_`, any tag of `any_`, or no tags / some (`is_null_`)."""
 
-    all_: list[str] | None = None
-    any_: list[str] | None = None
+    all_: FilterValues[ShortText] | None = None
+    any_: FilterValues[ShortText] | None = None
     is_null_: bool | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
@@ -279,7 +280,7 @@ class FlowRunFilterTags(OperatorFilterBaseModel):
 class FlowRunFilterDeploymentId(OperatorFilterBaseModel):
     """Runs of the given deployments, or with / without a deployment."""
 
-    any_: list[UUID] | None = None
+    any_: FilterValues[UUID] | None = None
     is_null_: bool | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
@@ -292,7 +293,7 @@ class FlowRunFilterDeploymentId(OperatorFilterBaseModel):
 class FlowRunFilterWorkQueueName(OperatorFilterBaseModel):
     """Runs by their (denormalised) work queue name."""
 
-    any_: list[str] | None = None
+    any_: FilterValues[ShortText] | None = None
     is_null_: bool | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
@@ -305,8 +306,8 @@ class FlowRunFilterWorkQueueName(OperatorFilterBaseModel):
 class FlowRunFilterStateType(FilterBaseModel):
     """Runs whose current state type is (`any_`) or is not (`not_any_`) one of these."""
 
-    any_: list[StateType] | None = None
-    not_any_: list[StateType] | None = None
+    any_: FilterValues[StateType] | None = None
+    not_any_: FilterValues[StateType] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -318,8 +319,8 @@ class FlowRunFilterStateType(FilterBaseModel):
 class FlowRunFilterStateName(FilterBaseModel):
     """Runs whose current state name is (`any_`) or is not (`not_any_`) one of these."""
 
-    any_: list[str] | None = None
-    not_any_: list[str] | None = None
+    any_: FilterValues[ShortText] | None = None
+    not_any_: FilterValues[ShortText] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -341,7 +342,7 @@ class FlowRunFilterState(OperatorFilterBaseModel):
 class FlowRunFilterFlowVersion(FilterBaseModel):
     """Runs of the given flow versions."""
 
-    any_: list[str] | None = None
+    any_: FilterValues[ShortText] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -412,7 +413,7 @@ class FlowRunFilterNextScheduledStartTime(FilterBaseModel):
 class FlowRunFilterParentFlowRunId(OperatorFilterBaseModel):
     """Subflows of the given runs: runs whose parent task run belongs to one of them."""
 
-    any_: list[UUID] | None = None
+    any_: FilterValues[UUID] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -424,7 +425,7 @@ class FlowRunFilterParentFlowRunId(OperatorFilterBaseModel):
 class FlowRunFilterParentTaskRunId(OperatorFilterBaseModel):
     """Runs by their parent task run, or with / without one."""
 
-    any_: list[UUID] | None = None
+    any_: FilterValues[UUID] | None = None
     is_null_: bool | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
@@ -437,8 +438,8 @@ class FlowRunFilterParentTaskRunId(OperatorFilterBaseModel):
 class FlowRunFilterIdempotencyKey(FilterBaseModel):
     """Idempotency keys to include (`any_`) or exclude (`not_any_`)."""
 
-    any_: list[str] | None = None
-    not_any_: list[str] | None = None
+    any_: FilterValues[ShortText] | None = None
+    not_any_: FilterValues[ShortText] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -450,8 +451,8 @@ class FlowRunFilterIdempotencyKey(FilterBaseModel):
 class FlowRunFilterCreatedBy(OperatorFilterBaseModel):
     """Runs by their creator's id or type (keys of the `created_by` JSON), or its presence."""
 
-    id_: list[UUID] | None = None
-    type_: list[str] | None = None
+    id_: FilterValues[UUID] | None = None
+    type_: FilterValues[ShortText] | None = None
     is_null_: bool | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
@@ -494,7 +495,7 @@ class TaskRunFilterFlowRunId(OperatorFilterBaseModel):
     without `any_` selects task runs that have a flow run, False with `any_` applies `any_`.
     """
 
-    any_: list[UUID] | None = None
+    any_: FilterValues[UUID] | None = None
     is_null_: bool | None = False
 
     def _criteria(self) -> Iterator[Criterion]:
@@ -509,7 +510,7 @@ class TaskRunFilterFlowRunId(OperatorFilterBaseModel):
 class TaskRunFilterId(FilterBaseModel):
     """Task run ids to include."""
 
-    any_: list[UUID] | None = None
+    any_: FilterValues[UUID] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -519,8 +520,8 @@ class TaskRunFilterId(FilterBaseModel):
 class TaskRunFilterName(FilterBaseModel):
     """Exact task run names (`any_`) or a case-insensitive substring (`like_`)."""
 
-    any_: list[str] | None = None
-    like_: str | None = None
+    any_: FilterValues[ShortText] | None = None
+    like_: ShortText | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -532,7 +533,7 @@ class TaskRunFilterName(FilterBaseModel):
 class TaskRunFilterTags(OperatorFilterBaseModel):
     """Task runs carrying every tag of `all_`, or with no tags / some tags (`is_null_`)."""
 
-    all_: list[str] | None = None
+    all_: FilterValues[ShortText] | None = None
     is_null_: bool | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
@@ -545,7 +546,7 @@ class TaskRunFilterTags(OperatorFilterBaseModel):
 class TaskRunFilterStateType(FilterBaseModel):
     """Task runs whose current state type is one of these."""
 
-    any_: list[StateType] | None = None
+    any_: FilterValues[StateType] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -555,7 +556,7 @@ class TaskRunFilterStateType(FilterBaseModel):
 class TaskRunFilterStateName(FilterBaseModel):
     """Task runs whose current state name is one of these."""
 
-    any_: list[str] | None = None
+    any_: FilterValues[ShortText] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -650,8 +651,8 @@ class TaskRunFilter(OperatorFilterBaseModel):
 class DeploymentFilterId(FilterBaseModel):
     """Deployment ids to include (`any_`) or exclude (`not_any_`)."""
 
-    any_: list[UUID] | None = None
-    not_any_: list[UUID] | None = None
+    any_: FilterValues[UUID] | None = None
+    not_any_: FilterValues[UUID] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -663,8 +664,8 @@ class DeploymentFilterId(FilterBaseModel):
 class DeploymentFilterName(FilterBaseModel):
     """Exact deployment names (`any_`) or a case-insensitive substring (`like_`)."""
 
-    any_: list[str] | None = None
-    like_: str | None = None
+    any_: FilterValues[ShortText] | None = None
+    like_: ShortText | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -676,7 +677,7 @@ class DeploymentFilterName(FilterBaseModel):
 class DeploymentOrFlowNameFilter(FilterBaseModel):
     """A case-insensitive substring of the deployment's name or of its flow's name."""
 
-    like_: str | None = None
+    like_: ShortText | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.like_:
@@ -707,7 +708,7 @@ class DeploymentFilterPaused(FilterBaseModel):
 class DeploymentFilterWorkQueueName(FilterBaseModel):
     """Deployments by their work queue name."""
 
-    any_: list[str] | None = None
+    any_: FilterValues[ShortText] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -728,8 +729,8 @@ class DeploymentFilterConcurrencyLimit(FilterBaseModel):
 class DeploymentFilterTags(OperatorFilterBaseModel):
     """Deployments carrying every tag of `all_`, any tag of `any_`, or no tags / some."""
 
-    all_: list[str] | None = None
-    any_: list[str] | None = None
+    all_: FilterValues[ShortText] | None = None
+    any_: FilterValues[ShortText] | None = None
     is_null_: bool | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
@@ -772,7 +773,7 @@ class DeploymentFilter(OperatorFilterBaseModel):
 class WorkPoolFilterId(FilterBaseModel):
     """Work pool ids to include."""
 
-    any_: list[UUID] | None = None
+    any_: FilterValues[UUID] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -782,7 +783,7 @@ class WorkPoolFilterId(FilterBaseModel):
 class WorkPoolFilterName(FilterBaseModel):
     """Work pool names to include."""
 
-    any_: list[str] | None = None
+    any_: FilterValues[ShortText] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -792,7 +793,7 @@ class WorkPoolFilterName(FilterBaseModel):
 class WorkPoolFilterType(FilterBaseModel):
     """Work pool types to include."""
 
-    any_: list[str] | None = None
+    any_: FilterValues[ShortText] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -813,7 +814,7 @@ class WorkPoolFilter(OperatorFilterBaseModel):
 class WorkQueueFilterId(FilterBaseModel):
     """Work queue ids to include."""
 
-    any_: list[UUID] | None = None
+    any_: FilterValues[UUID] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
@@ -823,8 +824,8 @@ class WorkQueueFilterId(FilterBaseModel):
 class WorkQueueFilterName(FilterBaseModel):
     """Exact queue names (`any_`) or case-insensitive prefixes (`startswith_`, ORed)."""
 
-    any_: list[str] | None = None
-    startswith_: list[str] | None = None
+    any_: FilterValues[ShortText] | None = None
+    startswith_: FilterValues[ShortText] | None = None
 
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
