@@ -8,7 +8,7 @@ all three places, and task events on so Flower sees every task by name.
 import gc
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import worker_process_init, worker_ready
 
 from models.database import dispose_engines
@@ -63,10 +63,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+class GuardedTask(Task):
+    """The base of every task of the app, Celery's built-in ones included: each message passes the
+    door (`tasks.admission`) before the main process hands it on, and a message whose pool process
+    keeps dying is parked (`tasks.worker_losses`)."""
+
+    Strategy = "tasks.admission:guarded_strategy"
+    Request = "tasks.worker_losses:CountingRequest"
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured from `settings` (the environment's by default) with the beat schedule."""
     settings = settings or get_settings()
-    app = Celery("flowruns")
+    app = Celery("flowruns", task_cls=GuardedTask)
     app.conf.update(celery_config(settings), beat_schedule=beat_schedule(settings))
     return app
 

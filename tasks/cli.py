@@ -118,7 +118,8 @@ def bench_worker(concurrencies: str, runs: int, in_flight: int, redis_db: int, a
 def chaos(short: bool, as_json: bool, scenarios: tuple[str, ...], seed: int, redis_db: int, pg_bin: str | None,
           pg_port: int, redis_port: int, logs: str | None, worker_code: str | None) -> None:
     """Fault-injection scenarios: worker SIGKILL, PostgreSQL and Redis restarts, duplicate delivery, bad
-    input. Each checks that every request took effect exactly once; exits 1 on any loss, duplicate or drift."""
+    input, hostile input. Each checks that every request took effect exactly once; exits 1 on any loss,
+    duplicate, drift or lost worker process."""
     from pathlib import Path
 
     from tasks import chaos as harness

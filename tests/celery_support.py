@@ -36,6 +36,7 @@ import tasks.base
 from models import database
 from models.orm import Base
 from tasks.base import FollowUp
+from tasks.chaos.producer import publish_raw
 
 REDIS_URL = os.environ.get("FLOWRUNS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER_URL = f"{REDIS_URL}/14"
@@ -124,6 +125,12 @@ class Worker:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def send_raw(self, name: str, kwargs_json: str, task_id: str | None = None, **headers: Any) -> AsyncResult:
+        """Publish a protocol 2 message whose kwargs are the given JSON text, as it is."""
+        task_id = task_id or new_id()
+        publish_raw(self.producer, name, kwargs_json, task_id, self.queue, **headers)
+        return self.producer.AsyncResult(task_id)
+
 
 def _redis_available(url: str) -> bool:
     try:
@@ -140,8 +147,8 @@ def worker(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @contextmanager
-def running_worker(database_url: str, directory: Path, **settings: str) -> Iterator[Worker]:
-    """`celery -A tasks worker` on a queue of its own; `settings` are extra FLOWRUNS_* values."""
+def running_worker(database_url: str, directory: Path, app: str = "tasks", **settings: str) -> Iterator[Worker]:
+    """`celery -A <app> worker` on a queue of its own; `settings` are extra FLOWRUNS_* values."""
     if not _redis_available(BROKER_URL):
         pytest.skip(f"no Redis at {REDIS_URL}")
     queue = f"flowruns-test-{uuid.uuid4().hex[:10]}"
@@ -158,7 +165,7 @@ def running_worker(database_url: str, directory: Path, **settings: str) -> Itera
         **{f"FLOWRUNS_{name.upper()}": value for name, value in settings.items()},
     }
     command = [
-        sys.executable, "-m", "celery", "-A", "tasks", "worker",
+        sys.executable, "-m", "celery", "-A", app, "worker",
         "--loglevel", "INFO", "--concurrency", "2", "--hostname", hostname,
         "--without-mingle", "--without-gossip",
     ]

@@ -85,9 +85,17 @@ def test_generated_malformed_requests_fail_at_once_and_write_nothing(options: ch
         "wrong type", "unknown field", "unknown state type", "missing field", "unknown id"}
 
 
+def test_hostile_bodies_mixed_into_a_batch_take_no_worker_down(options: chaos.Options) -> None:
+    pytest.importorskip("hypothesis")
+    result = chaos.hostile_input(options)
+    assert_exactly_once(result)
+    assert result.notes["hostile_sent"] == result.notes["hostile_refused"] >= 2 * len(chaos.HAND_PICKED)
+    assert result.crashes == [] and result.notes["tasks_interrupted_by_kills"] == 0
+
+
 def test_scenario_names_and_sizes() -> None:
     assert list(chaos.SCENARIOS) == [
-        "worker-sigkill", "postgres-restart", "redis-restart", "duplicate-delivery", "bad-input"]
+        "worker-sigkill", "postgres-restart", "redis-restart", "duplicate-delivery", "bad-input", "hostile-input"]
     assert chaos.SHORT.runs < chaos.FULL.runs and chaos.FULL.bad_bodies >= 1000
 
 

@@ -21,11 +21,12 @@ its own), on a queue of its own. Beat does not run: nothing repairs drift behind
 
 Modules: `services` (databases, Redis, PostgreSQL clusters, worker processes), `producer` (the foreign
 producer), `workload` (the batch), `checks` (slot monitor and verdict), `scenarios`, `bad_input`,
-`runner` (the command's table and exit status).
+`hostile_input`, `runner` (the command's table and exit status).
 """
 
 from tasks.chaos.bad_input import bad_input, bad_requests, generate
 from tasks.chaos.checks import ScenarioResult, SlotMonitor, SlotReading
+from tasks.chaos.hostile_input import HAND_PICKED, HostileBody, generated_bodies, hostile_input
 from tasks.chaos.producer import Driver, Request
 from tasks.chaos.runner import SCENARIOS, format_table, run_chaos, run_scenario
 from tasks.chaos.scenarios import (
@@ -58,10 +59,10 @@ from tasks.chaos.services import (
 )
 
 __all__ = [
-    "FULL", "SCENARIOS", "SHORT", "VISIBILITY_TIMEOUT_SECONDS", "ChaosSetupError", "Driver", "Options",
+    "FULL", "HAND_PICKED", "SCENARIOS", "SHORT", "VISIBILITY_TIMEOUT_SECONDS", "ChaosSetupError", "Driver", "HostileBody", "Options",
     "PostgresCluster", "RedisServer", "Request", "ScenarioResult", "Size", "SlotMonitor", "SlotReading", "WorkerProcess",
     "World", "bad_input", "bad_requests", "database_on", "duplicate_delivery", "find_pg_bindir", "format_table",
-    "free_port", "generate", "postgres_restart", "postgres_url", "redis_database", "redis_restart",
+    "free_port", "generate", "generated_bodies", "hostile_input", "postgres_restart", "postgres_url", "redis_database", "redis_restart",
     "redis_url_with_db", "run_chaos", "run_scenario", "safe_url", "table_counts", "worker_env", "worker_sigkill",
     "world",
 ]

@@ -279,7 +279,7 @@ def delivery_counts(log: str) -> tuple[Counter[str], Counter[str], int, int]:
     received = Counter(re.findall(r"Task [\w.]+\[([0-9a-f-]{36})\] received", log))
     retried = Counter(re.findall(r"Task [\w.]+\[([0-9a-f-]{36})\] retry: Retry in", log))
     absorbed = len(re.findall(r"already processed; returning the recorded outcome", log))
-    lost_workers = len(re.findall(r"Task handler raised error: WorkerLostError", log))
+    lost_workers = len(re.findall(r"Task handler raised error: WorkerLostError|lost its pool process|\] parked: ", log))
     return received, retried, absorbed, lost_workers
 
 

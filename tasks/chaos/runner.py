@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tasks.chaos.bad_input import bad_input
 from tasks.chaos.checks import ScenarioResult
+from tasks.chaos.hostile_input import hostile_input
 from tasks.chaos.scenarios import Options, duplicate_delivery, postgres_restart, redis_restart, worker_sigkill
 from tasks.chaos.services import ChaosSetupError, say
 
@@ -18,6 +19,7 @@ SCENARIOS: dict[str, Callable[[Options], ScenarioResult]] = {
     "redis-restart": redis_restart,
     "duplicate-delivery": duplicate_delivery,
     "bad-input": bad_input,
+    "hostile-input": hostile_input,
 }
 
 
