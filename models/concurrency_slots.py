@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from models import orm
-from models.schemas.states import ACTIVE_STATES
-from models.types import Timestamp, now_utc
+from models.schemas.states import ACTIVE_STATES, AWAITING_RETRY, StateType
+from models.types import JSON, Timestamp, now_utc
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +61,35 @@ def release_flow_run_slots(session: Session, flow_run_id: uuid.UUID) -> int:
 
 
 def release_slots_of_inactive_run(session: Session, flow_run_id: uuid.UUID) -> int:
-    """Give back the run's slots only if it is gone or not PENDING, RUNNING or CANCELLING; how many.
+    """Give back the run's slots only if it is gone or in a state that keeps none (see
+    `keeps_deployment_slot`); how many.
 
     For a late safety net: a run that moved on and secured a slot again keeps it.
     """
-    run = session.execute(
-        sa.select(orm.FlowRun.state_type).where(orm.FlowRun.id == flow_run_id).with_for_update()
-    ).first()
-    if run is not None and run.state_type in ACTIVE_STATES:
+    keeps = session.execute(
+        sa.select(run_keeps_its_slot()).where(orm.FlowRun.id == flow_run_id).with_for_update(of=orm.FlowRun)
+    ).scalar_one_or_none()
+    if keeps:
         return 0
     return release_flow_run_slots(session, flow_run_id)
+
+
+def run_keeps_its_slot() -> sa.ColumnElement[bool]:
+    """SQL over `flow_run`: the run is in a state that keeps its deployment slot, the same
+    predicate as `models.schemas.states.keeps_deployment_slot` (a blocking pause is read from
+    the current state's details)."""
+    state = orm.FlowRunState
+    pause_reschedule = sa.type_coerce(state.state_details, JSON())["pause_reschedule"].as_boolean()
+    blocking_pause = (
+        sa.select(sa.literal(True))
+        .where(state.id == orm.FlowRun.state_id, sa.func.coalesce(pause_reschedule, False).is_(False))
+        .exists()
+    )
+    return sa.or_(
+        orm.FlowRun.state_type.in_(ACTIVE_STATES),
+        sa.and_(orm.FlowRun.state_type == StateType.SCHEDULED, orm.FlowRun.state_name == AWAITING_RETRY),
+        sa.and_(orm.FlowRun.state_type == StateType.PAUSED, blocking_pause),
+    )
 
 
 def slots_released(session: Session) -> int:
@@ -230,12 +249,10 @@ class ReconcileReport:
 
 
 def reconcile(session: Session) -> ReconcileReport:
-    """Repair drift: drop holdings of runs that are gone or no longer active, then set every
-    deployment limit's `active_slots` to its number of holding records. Logs what it fixed.
+    """Repair drift: drop holdings of runs that are gone or in a state that keeps no slot, then
+    set every deployment limit's `active_slots` to its number of holding records. Logs what it fixed.
     """
-    active_run = sa.exists().where(
-        orm.FlowRun.id == Holding.flow_run_id, orm.FlowRun.state_type.in_(ACTIVE_STATES)
-    )
+    active_run = sa.exists().where(orm.FlowRun.id == Holding.flow_run_id, run_keeps_its_slot())
     stale = session.execute(sa.select(Holding.id).where(~active_run)).scalars().all()
     if stale:
         session.execute(
@@ -272,5 +289,5 @@ def reconcile(session: Session) -> ReconcileReport:
                 "limit %s counted %d active slots, holds %d: corrected", limit_id, active_slots, actual
             )
     if stale:
-        logger.warning("released %d slot holdings of runs that are gone or no longer active", len(stale))
+        logger.warning("released %d slot holdings of runs that are gone or keep no slot", len(stale))
     return ReconcileReport(holdings_released=len(stale), limits_corrected=corrected, slots_adjusted=adjusted)

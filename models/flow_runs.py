@@ -10,14 +10,14 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from models import orm
 from models.database import dialect_name, held_instance
-from models.errors import ObjectNotFoundError
+from models.errors import ObjectNotFoundError, ValidationError
 from models.flow_run_graph import read_flow_run_graph, read_task_run_dependencies
 from models.flow_run_inserts import Parents, insert_flow_run, new_run_row, persistent_flow_run, read_parents
 from models.flow_run_queries import count_flow_runs, read_flow_runs
 from models.schemas.actions import FlowRunCreate, FlowRunUpdate
 from models.schemas.core import FlowRun
 from models.schemas.responses import OrchestrationResult
-from models.schemas.states import State
+from models.schemas.states import State, StateType
 from models.transition_sql import FLOW_RUNS, LockedRun, lock_flow_run, save_unsaved_run
 from models.types import now_utc
 from models.work_queues import resolve_work_queue
@@ -132,6 +132,30 @@ def update_flow_run(session: Session, flow_run_id: uuid.UUID, flow_run: FlowRunU
         sa.update(orm.FlowRun).where(orm.FlowRun.id == flow_run_id).values(**values)
     )
     return result.rowcount > 0
+
+
+def ensure_job_variables_may_change(session: Session, flow_run_id: uuid.UUID) -> bool:
+    """Prefect's API rule for a change of `job_variables`: only a SCHEDULED run of an existing
+    deployment. Locks the run (no transition slips in before the update); False for an unknown
+    run; otherwise `ValidationError` naming `flow_run.job_variables` unless the change may go on."""
+    row = session.execute(
+        sa.select(orm.FlowRun.state_type, orm.FlowRun.deployment_id, orm.Deployment.id)
+        .outerjoin(orm.Deployment, orm.Deployment.id == orm.FlowRun.deployment_id)
+        .where(orm.FlowRun.id == flow_run_id)
+        .with_for_update(of=orm.FlowRun)
+    ).first()
+    if row is None:
+        return False
+    state_type, deployment_id, deployment_found = row
+    if state_type is None:
+        problem = "Flow run state is required to update job variables but none exists"
+    elif state_type != StateType.SCHEDULED:
+        problem = f"Job variables for a flow run in state {StateType(state_type).name} cannot be updated"
+    elif deployment_id is None or deployment_found is None:
+        problem = "A deployment for the flow run could not be found"
+    else:
+        return True
+    raise ValidationError(f"flow_run.job_variables: {problem}")
 
 
 def delete_flow_run(session: Session, flow_run_id: uuid.UUID) -> bool:

@@ -200,7 +200,7 @@ class OrchestrationContext(Generic[RunT]):
         self._attach_state(row)
         self._keep_instance_in_step(changes, row)
         validated = state_from_row(self.run.state)
-        validated.data = self.proposed_state.data
+        validated.data = result_data(self.proposed_state.data)
         self.validated_state = validated
 
     def save_run(self) -> None:
@@ -270,11 +270,22 @@ class OrchestrationContext(Generic[RunT]):
         }
 
 
+ARTIFACT_FIELDS = ("artifact_key", "artifact_type", "artifact_description")
+"""Keys of result data that Prefect moves to an artifact: flowruns has none, so they are dropped."""
+
+
+def result_data(data: Any) -> Any:
+    """State data as a run keeps it: without the artifact fields (the caller's object is untouched)."""
+    if isinstance(data, dict) and any(field in data for field in ARTIFACT_FIELDS):
+        return {key: value for key, value in data.items() if key not in ARTIFACT_FIELDS}
+    return data
+
+
 def _stored_data(data: Any) -> Any:
     """The JSON to store inline: unpersisted result markers are not stored, as Prefect."""
     if isinstance(data, dict) and data.get("type") == UNPERSISTED:
         return None
-    return to_jsonable_python(data)
+    return to_jsonable_python(result_data(data))
 
 
 @dataclasses.dataclass(eq=False)

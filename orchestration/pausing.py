@@ -8,6 +8,11 @@ from orchestration.context import FlowOrchestrationContext, update_run_policy
 from orchestration.rules import ALL_ORCHESTRATION_STATES, OrchestrationRule
 
 
+def _as_prefect_renders(state_type: StateType) -> str:
+    """A state type as Prefect 3.9.1's f-strings render its enum: `StateType.PENDING`."""
+    return f"StateType.{state_type.value}"
+
+
 def _verb(state: State) -> str:
     return "suspend" if state.name == "Suspended" else "pause"
 
@@ -66,8 +71,8 @@ class HandleResumingPausedFlows(OrchestrationRule[FlowOrchestrationContext]):
         if not (leaves_pause or proposed_state.is_final()):
             self.reject_transition(
                 None,
-                f"This run cannot transition to the {proposed_state.type.value} state"
-                f" from the {initial_state.type.value} state.",
+                f"This run cannot transition to the {_as_prefect_renders(proposed_state.type)} state"
+                f" from the {_as_prefect_renders(initial_state.type)} state.",
             )
             return
         shown_name = (proposed_state.name or proposed_state.type.value).lower()

@@ -5,9 +5,14 @@ lease id put on the run's states. Acquisition and release happen in the transiti
 transaction, so they commit or roll back with the state. A rule that acquired and is then
 overruled by a later rule releases in `cleanup`.
 
+A run keeps its slot for as long as its process may be alive: PENDING, RUNNING, CANCELLING, a
+blocking pause and AwaitingRetry (`keeps_deployment_slot`). So resuming a blocking pause and an
+in-process retry never need a new slot and are never bounced; every other state gives it back.
+
 Deviations from Prefect, on purpose: there is no lease store (nothing expires or is renewed, so
 client versions do not matter for leases); a run entering RUNNING without a slot must secure
-one; release deletes the run's holding and never decrements blindly.
+one, waiting (ENQUEUE) or cancelled (CANCEL_NEW) when none is free; release deletes the run's
+holding and never decrements blindly.
 """
 
 import datetime
@@ -31,9 +36,6 @@ WORKER_VERSIONS_THAT_MANAGE_DEPLOYMENT_CONCURRENCY = frozenset(
     {"3.0.0rc20", "3.0.0", "3.0.1", "3.0.2", "3.0.3"}
 )
 LIMIT_REACHED = "Deployment concurrency limit reached."
-SLOT_LOST_MESSAGE = (
-    "Deployment concurrency slot lost during provisioning - no slots available to continue execution"
-)
 
 
 def collision_outcome(slot: DeploymentSlot) -> State:
@@ -122,8 +124,8 @@ class SecureFlowConcurrencySlots(_SlotRule):
 
 class ValidateDeploymentConcurrencyAtRunning(_SlotRule):
     """PENDING -> RUNNING keeps the slot taken at submission. A run that reached PENDING without
-    one (forced) must take one now; if none is free its infrastructure is already up, so it is
-    cancelled rather than rescheduled."""
+    one (created or forced into PENDING, or freed by a producer's cleanup) must take one now; when
+    none is free the collision strategy applies (ENQUEUE waits, CANCEL_NEW cancels)."""
 
     FROM_STATES = frozenset({StateType.PENDING})
     TO_STATES = frozenset({StateType.RUNNING})
@@ -135,20 +137,16 @@ class ValidateDeploymentConcurrencyAtRunning(_SlotRule):
             return
         lease_id = initial_state.state_details.deployment_concurrency_lease_id
         proposed_state.state_details.deployment_concurrency_lease_id = lease_id
-        if not self.server_manages_slots(context):
-            return
-        if self.secure_slot(proposed_state, context) is False:
-            self.reject_transition(
-                Cancelled(message=SLOT_LOST_MESSAGE),
-                "Deployment concurrency limit reached after lease expiry.",
-            )
+        if self.server_manages_slots(context) and self.secure_slot(proposed_state, context) is False:
+            self.reject_transition(collision_outcome(context.deployment_slot()), LIMIT_REACHED)
 
 
 class SecureFlowConcurrencySlotsAtRunning(_SlotRule):
-    """A deployment run starting (-> RUNNING) from anything but PENDING, RUNNING or CANCELLING
-    (an in-process retry from AwaitingRetry, a resume from PAUSED, a rerun) gave its slot back
-    when it left the active states, so it must take one again. When none is free the collision
-    strategy applies, as at submission. (Prefect lets such runs start outside the limit.)"""
+    """A deployment run starting (-> RUNNING) from any other state than PENDING, RUNNING or
+    CANCELLING must hold a slot. An in-process retry (AwaitingRetry) and a blocking pause kept
+    theirs, so they start at once; a rerun, or a run whose slot a producer's cleanup freed, must
+    take one, and when none is free the collision strategy applies, as at submission. (Prefect
+    lets such runs start outside the limit.)"""
 
     FROM_STATES = ALL_ORCHESTRATION_STATES - ACTIVE_STATES
     TO_STATES = frozenset({StateType.RUNNING})
@@ -163,14 +161,15 @@ class SecureFlowConcurrencySlotsAtRunning(_SlotRule):
 
 
 class ReleaseFlowConcurrencySlots(UniversalTransform[FlowOrchestrationContext]):
-    """Leaving the active states (PENDING, RUNNING, CANCELLING) for any other, as finally
-    decided (so RUNNING -> FAILED rejected into AwaitingRetry releases too), gives back the slot
-    the run holds, if it holds one. Runs under every flow policy, forced transitions included."""
+    """Leaving a state that keeps the slot for one that does not, as finally decided, gives back
+    the slot the run holds, if it holds one: a terminal state, a `Suspended` pause, any SCHEDULED
+    state but AwaitingRetry. Runs under every flow policy, forced transitions included."""
 
     def after_transition(self, context: FlowOrchestrationContext) -> None:
         if self.nullified_transition() or context.run.deployment_id is None:
             return
-        if context.initial_state_type in ACTIVE_STATES and context.proposed_state_type not in ACTIVE_STATES:
+        initial, final = context.initial_state, context.proposed_state
+        if initial is not None and initial.keeps_deployment_slot() and not final.keeps_deployment_slot():
             if not context.holds_no_slot():  # known from the lock: a DELETE would find nothing
                 release_flow_run_slots(context.session, context.run.id)
 

@@ -25,7 +25,10 @@ def _loses_persisted_result(initial_state: State, proposed_state: State) -> bool
 class HandleFlowTerminalStateTransitions(OrchestrationRule[FlowOrchestrationContext]):
     """A finished run may not be crashed, paused or cancelled; a persisted COMPLETED result may
     not be discarded; only deployment runs can be rescheduled. A run that leaves a terminal state
-    starts a fresh attempt: its pause bookkeeping is reset (restored if a later rule overrules)."""
+    starts a fresh attempt: its pause bookkeeping is reset. When a later rule replaces the
+    proposal, the bookkeeping is that of the state actually entered: reset for any rerun (a
+    bounced one included, so every pause of the rerun fires again), as it was for a run that
+    stays terminal."""
 
     FROM_STATES = frozenset(TERMINAL_STATES)
     TO_STATES = ALL_ORCHESTRATION_STATES
@@ -51,19 +54,27 @@ class HandleFlowTerminalStateTransitions(OrchestrationRule[FlowOrchestrationCont
         if proposed_state.is_scheduled() and context.run.deployment_id is None:
             self.abort_transition("Cannot reschedule a run without an associated deployment.")
             return
-        if not proposed_state.is_final() and context.api_version_at_least("0.8.4"):
-            update_run_policy(
-                context.run,
-                resuming=False,
-                pause_keys=set(),
-                retry_type="reschedule" if proposed_state.is_scheduled() else None,
-            )
+        _start_fresh_attempt(context, proposed_state)
 
     def cleanup(
         self, initial_state: State | None, validated_state: State | None, context: FlowOrchestrationContext
     ) -> None:
-        if self.original_policy is not None:
-            context.run.empirical_policy = self.original_policy
+        if self.original_policy is None:
+            return
+        context.run.empirical_policy = self.original_policy
+        if validated_state is not None and initial_state is not None and validated_state.id != initial_state.id:
+            _start_fresh_attempt(context, validated_state)
+
+
+def _start_fresh_attempt(context: FlowOrchestrationContext, entered: State) -> None:
+    """Leaving a terminal state for `entered`: a rerun's pauses fire again (Prefect's bookkeeping)."""
+    if not entered.is_final() and context.api_version_at_least("0.8.4"):
+        update_run_policy(
+            context.run,
+            resuming=False,
+            pause_keys=set(),
+            retry_type="reschedule" if entered.is_scheduled() else None,
+        )
 
 
 class PreventResultDataLoss(OrchestrationRule[FlowOrchestrationContext]):

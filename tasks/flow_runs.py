@@ -21,9 +21,9 @@ from models.schemas.filters import (
     WorkQueueFilter,
 )
 from models.schemas.graph import Graph
-from models.schemas.responses import DependencyResult, FlowRunResponse, OrchestrationResult, SetStateStatus
+from models.schemas.responses import DependencyResult, FlowRunResponse, OrchestrationResult
 from models.schemas.sorting import FlowRunSort
-from models.schemas.states import TERMINAL_STATES, StateType
+from models.schemas.states import StateType, keeps_deployment_slot
 from models.settings import get_settings
 from orchestration import CoreFlowPolicy
 from tasks.base import FollowUp, flowruns_task, follow_up_id
@@ -109,10 +109,14 @@ def cleanup_follow_up(flow_run_id: uuid.UUID, task_id: str, slots_released: int 
 def _after_set_state(
     body: SetFlowRunState, outcome: dict[str, Any], task_id: str, slots_released: int | None
 ) -> list[FollowUp]:
-    state = outcome.get("state") or {}
-    if outcome["status"] == SetStateStatus.ACCEPT.value and state.get("type") in TERMINAL_STATES:
-        return cleanup_follow_up(body.flow_run_id, task_id, slots_released)
-    return []
+    """A transition that gave a slot back (a replay: one that ended in a state keeping none) is
+    followed by the cleanup safety net."""
+    if slots_released is None:
+        state = outcome.get("state") or {}
+        details = state.get("state_details") or {}
+        if keeps_deployment_slot(state.get("type"), state.get("name"), bool(details.get("pause_reschedule"))):
+            return []
+    return cleanup_follow_up(body.flow_run_id, task_id, slots_released)
 
 
 def _after_delete(body: FlowRunId, deleted: bool, task_id: str, slots_released: int | None) -> list[FollowUp]:
@@ -156,7 +160,12 @@ def count_flow_runs(session: Session, body: CountFlowRuns, task_id: str) -> int:
 
 @flowruns_task("flow_runs.update_flow_run", UpdateFlowRun, recorded=True)
 def update_flow_run(session: Session, body: UpdateFlowRun, task_id: str) -> bool:
-    """Write the fields the request set; false for an unknown run."""
+    """Write the fields the request set; false for an unknown run. Job variables change only on a
+    SCHEDULED run of a deployment (Prefect's API rule)."""
+    if body.flow_run.job_variables is not None and not flow_runs.ensure_job_variables_may_change(
+        session, body.flow_run_id
+    ):
+        return False
     return flow_runs.update_flow_run(session, body.flow_run_id, body.flow_run)
 
 

@@ -15,7 +15,7 @@ from models import concurrency_slots, database, flow_runs, flows, orm
 from models.schemas import actions, core, states
 from models.schemas.core import FlowRunPolicy
 from models.schemas.responses import SetStateStatus
-from models.schemas.states import ACTIVE_STATES, State
+from models.schemas.states import State
 from models.types import now_utc
 from orchestration import CoreFlowPolicy
 from tests.fixtures import make_deployment, make_flow_run
@@ -23,6 +23,10 @@ from tests.fixtures import make_deployment, make_flow_run
 
 def past() -> datetime.datetime:
     return now_utc() - datetime.timedelta(minutes=1)
+
+
+def future() -> datetime.datetime:
+    return now_utc() + datetime.timedelta(hours=1)
 
 
 def limit_row(session: Session, limit_id: uuid.UUID) -> orm.ConcurrencyLimit:
@@ -40,20 +44,20 @@ def holding_count(session: Session, limit_id: uuid.UUID) -> int:
 
 
 def assert_exact(session: Session, limit_id: uuid.UUID) -> int:
-    """`active_slots == holding records <= limit`, every holder active; the count."""
+    """`active_slots == holding records <= limit`, every holder in a state that keeps a slot; the count."""
     limit = limit_row(session, limit_id)
     held = holding_count(session, limit_id)
     assert limit.active_slots == held <= limit.limit
-    inactive_holders = session.execute(
+    holders_without_a_live_process = session.execute(
         sa.select(sa.func.count())
         .select_from(orm.SlotHolding)
         .outerjoin(orm.FlowRun, orm.FlowRun.id == orm.SlotHolding.flow_run_id)
         .where(
             orm.SlotHolding.concurrency_limit_id == limit_id,
-            sa.or_(orm.FlowRun.id.is_(None), orm.FlowRun.state_type.not_in(ACTIVE_STATES)),
+            sa.or_(orm.FlowRun.id.is_(None), ~concurrency_slots.run_keeps_its_slot()),
         )
     ).scalar_one()
-    assert inactive_holders == 0
+    assert holders_without_a_live_process == 0
     return held
 
 
@@ -221,6 +225,52 @@ def test_reconcile_releases_holdings_of_finished_and_vanished_runs(
     limit_id = limit_of_two.concurrency_limit_id
     assert limit_id is not None
     assert limit_row(session, limit_id).active_slots == 0
+
+
+def test_reconcile_keeps_the_slots_of_runs_whose_process_may_be_alive(
+    session: Session, flow: orm.Flow, limit_of_two: orm.Deployment
+) -> None:
+    """A blocking pause and an in-process retry keep their slot; a suspended or rescheduled run not."""
+    kept = {
+        "blocking pause": states.Paused(timeout_seconds=600),
+        "in-process retry": states.AwaitingRetry(scheduled_time=future()),
+    }
+    dropped = {
+        "suspended": states.Suspended(timeout_seconds=600),
+        "rescheduled": states.Scheduled(scheduled_time=future()),
+    }
+    runs = {}
+    for name, state in {**kept, **dropped}.items():
+        deployment = make_deployment(session, flow, name=f"d-{name}", concurrency_limit=1,
+                                     concurrency_options={"collision_strategy": "ENQUEUE"})
+        run = runs[name] = submitted(session, flow, deployment)
+        # forced, straight into the state: the holding stays as an earlier transition left it
+        session.execute(sa.update(orm.FlowRun).where(orm.FlowRun.id == run.id).values(
+            state_type=state.type, state_name=state.name))
+        session.execute(sa.update(orm.FlowRunState).where(orm.FlowRunState.id == run.state_id).values(
+            type=state.type, name=state.name, state_details=state.state_details))
+    session.commit()
+
+    report = concurrency_slots.reconcile(session)
+    session.commit()
+
+    assert report.holdings_released == len(dropped)
+    assert {name for name, run in runs.items() if concurrency_slots.holds_slot(session, run.id)} == set(kept)
+    for name, run in runs.items():
+        assert concurrency_slots.release_slots_of_inactive_run(session, run.id) == 0, name
+
+
+def test_a_late_safety_net_spares_a_run_that_may_still_be_running(
+    session: Session, flow: orm.Flow, limit_of_two: orm.Deployment
+) -> None:
+    run = submitted(session, flow, limit_of_two)
+    flow_runs.set_flow_run_state(session, run.id, states.Running(), flow_policy=CoreFlowPolicy)
+    flow_runs.set_flow_run_state(session, run.id, states.Paused(timeout_seconds=600), flow_policy=CoreFlowPolicy)
+    session.commit()
+
+    assert concurrency_slots.release_slots_of_inactive_run(session, run.id) == 0
+    flow_runs.set_flow_run_state(session, run.id, states.Cancelled(), force=True)
+    assert concurrency_slots.holds_slot(session, run.id) is False
 
 
 def test_reconcile_sets_a_drifted_count_to_its_holdings(

@@ -554,9 +554,10 @@ def test_start_of_a_run_forced_to_pending_takes_a_slot(session: Session, flow: o
     assert limit_of(session, deployment).active_slots == 1
 
 
-def test_start_of_a_run_forced_to_pending_without_a_free_slot_is_cancelled(
+def test_start_of_a_run_forced_to_pending_without_a_free_slot_waits_in_line(
     session: Session, flow: orm.Flow
 ) -> None:
+    """ENQUEUE never cancels: the run waits for a slot as AwaitingConcurrencySlot."""
     deployment = limited(session, flow, limit=1)
     fill(session, flow, deployment)
     run = run_in(session, flow, states.Pending(), deployment_id=deployment.id)
@@ -564,10 +565,23 @@ def test_start_of_a_run_forced_to_pending_without_a_free_slot_is_cancelled(
     result = propose(session, run, states.Running())
 
     assert result.status == SetStateStatus.REJECT
+    assert (result.state.type, result.state.name) == (StateType.SCHEDULED, "AwaitingConcurrencySlot")
+    assert result.details.reason == "Deployment concurrency limit reached."
+    assert limit_of(session, deployment).active_slots == holders(session, deployment) == 1
+
+
+def test_start_of_a_run_forced_to_pending_on_a_full_cancel_new_deployment_is_cancelled(
+    session: Session, flow: orm.Flow
+) -> None:
+    deployment = limited(session, flow, limit=1, strategy="CANCEL_NEW")
+    fill(session, flow, deployment)
+    run = run_in(session, flow, states.Pending(), deployment_id=deployment.id)
+
+    result = propose(session, run, states.Running())
+
+    assert result.status == SetStateStatus.REJECT
     assert result.state.type == StateType.CANCELLED
-    assert result.state.message == (
-        "Deployment concurrency slot lost during provisioning - no slots available to continue execution"
-    )
+    assert result.state.message == result.details.reason == "Deployment concurrency limit reached."
     assert limit_of(session, deployment).active_slots == holders(session, deployment) == 1
 
 
@@ -591,7 +605,8 @@ def test_slot_taken_for_an_early_start_is_given_back_when_told_to_wait(
 # -- Re-acquiring at RUNNING from outside the active states ----------------------------------
 
 
-def test_in_process_retry_takes_its_slot_again(session: Session, flow: orm.Flow) -> None:
+def test_in_process_retry_keeps_its_slot_and_starts_while_others_wait(session: Session, flow: orm.Flow) -> None:
+    """The retrying process is still alive: its slot is not given to a run waiting in line."""
     deployment = limited(session, flow, limit=1)
     run = run_in(
         session,
@@ -601,16 +616,19 @@ def test_in_process_retry_takes_its_slot_again(session: Session, flow: orm.Flow)
         empirical_policy=FlowRunPolicy(retries=1),
     )
     propose(session, run, states.Pending())
-    propose(session, run, states.Running())
+    lease = propose(session, run, states.Running()).state.state_details.deployment_concurrency_lease_id
     assert propose(session, run, states.Failed()).state.name == "AwaitingRetry"
-    assert holders(session, deployment) == 0
+    assert limit_of(session, deployment).active_slots == holders(session, deployment) == 1
+    waiting = run_in(session, flow, states.Scheduled(scheduled_time=past()), deployment_id=deployment.id)
+    assert propose(session, waiting, states.Pending()).state.name == "AwaitingConcurrencySlot"
 
     result = propose(session, run, states.Running())
 
     assert result.status == SetStateStatus.ACCEPT
     holding_id = concurrency_slots.holding_for(session, run.id, deployment.concurrency_limit_id)
-    assert result.state.state_details.deployment_concurrency_lease_id == holding_id is not None
+    assert result.state.state_details.deployment_concurrency_lease_id == holding_id == lease is not None
     assert limit_of(session, deployment).active_slots == 1
+    assert propose(session, waiting, states.Pending()).state.name == "AwaitingConcurrencySlot"
 
 
 def test_in_process_retry_waits_when_its_slot_was_taken(session: Session, flow: orm.Flow) -> None:
@@ -679,9 +697,9 @@ def started(session: Session, flow: orm.Flow, deployment: orm.Deployment, **fiel
 
 
 @pytest.mark.parametrize(
-    "proposed", [states.Completed, states.Failed, states.Crashed, lambda: states.Paused(timeout_seconds=60)]
+    "proposed", [states.Completed, states.Failed, states.Crashed, lambda: states.Suspended(timeout_seconds=60)]
 )
-def test_leaving_the_active_states_gives_the_slot_back(
+def test_leaving_for_a_state_without_a_live_process_gives_the_slot_back(
     session: Session, flow: orm.Flow, proposed: Any
 ) -> None:
     deployment = limited(session, flow, limit=1)
@@ -692,11 +710,49 @@ def test_leaving_the_active_states_gives_the_slot_back(
     assert limit_of(session, deployment).active_slots == holders(session, deployment) == 0
 
 
-def test_failure_rejected_into_a_retry_gives_the_slot_back(session: Session, flow: orm.Flow) -> None:
+def test_failure_rejected_into_a_retry_keeps_the_slot(session: Session, flow: orm.Flow) -> None:
     deployment = limited(session, flow, limit=1)
     run = started(session, flow, deployment, empirical_policy=FlowRunPolicy(retries=2))
 
     assert propose(session, run, states.Failed()).state.name == "AwaitingRetry"
+
+    assert limit_of(session, deployment).active_slots == holders(session, deployment) == 1
+
+
+def test_a_blocking_pause_keeps_the_slot_and_its_resume_is_never_bounced(session: Session, flow: orm.Flow) -> None:
+    deployment = limited(session, flow, limit=1)
+    run = started(session, flow, deployment)
+    assert propose(session, run, states.Paused(timeout_seconds=300)).status == SetStateStatus.ACCEPT
+    assert limit_of(session, deployment).active_slots == holders(session, deployment) == 1
+    waiting = run_in(session, flow, states.Scheduled(scheduled_time=past()), deployment_id=deployment.id)
+    assert propose(session, waiting, states.Pending()).state.name == "AwaitingConcurrencySlot"
+
+    result = propose(session, run, states.Running())
+
+    assert result.status == SetStateStatus.ACCEPT
+    assert limit_of(session, deployment).active_slots == holders(session, deployment) == 1
+    assert not concurrency_slots.holds_slot(session, waiting.id)
+
+
+def test_a_blocking_pause_that_times_out_fails_and_gives_the_slot_back(session: Session, flow: orm.Flow) -> None:
+    deployment = limited(session, flow, limit=1)
+    run = started(session, flow, deployment)
+    propose(session, run, states.Paused(pause_expiration_time=past(1)))
+    assert holders(session, deployment) == 1
+
+    result = propose(session, run, states.Running())
+
+    assert result.status == SetStateStatus.REJECT and result.state.type == StateType.FAILED
+    assert limit_of(session, deployment).active_slots == holders(session, deployment) == 0
+
+
+@pytest.mark.parametrize("rescheduled", [states.Scheduled, lambda: states.Scheduled(name="AwaitingConcurrencySlot")])
+def test_a_blocking_pause_rescheduled_gives_the_slot_back(session: Session, flow: orm.Flow, rescheduled: Any) -> None:
+    deployment = limited(session, flow, limit=1)
+    run = started(session, flow, deployment)
+    propose(session, run, states.Paused(timeout_seconds=300))
+
+    assert propose(session, run, rescheduled()).status == SetStateStatus.ACCEPT
 
     assert limit_of(session, deployment).active_slots == holders(session, deployment) == 0
 
@@ -873,7 +929,7 @@ def test_paused_run_cannot_be_submitted(session: Session, flow: orm.Flow) -> Non
     result = propose(session, run, states.Pending())
 
     assert result.status == SetStateStatus.REJECT
-    assert result.details.reason == "This run cannot transition to the PENDING state from the PAUSED state."
+    assert result.details.reason == "This run cannot transition to the StateType.PENDING state from the StateType.PAUSED state."
 
 
 def test_suspended_run_without_deployment_cannot_be_rescheduled(session: Session, flow: orm.Flow) -> None:

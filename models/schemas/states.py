@@ -30,7 +30,22 @@ TERMINAL_STATES = frozenset(
     {StateType.COMPLETED, StateType.CANCELLED, StateType.FAILED, StateType.CRASHED}
 )
 ACTIVE_STATES = frozenset({StateType.PENDING, StateType.RUNNING, StateType.CANCELLING})
-"""States in which a run holds its deployment's concurrency slot, if it secured one."""
+"""States of a run that has been submitted and not yet finished."""
+
+AWAITING_RETRY = "AwaitingRetry"
+"""The SCHEDULED state of a run whose process will retry it in place."""
+
+
+def keeps_deployment_slot(state_type: StateType | None, name: str | None, pause_reschedule: bool) -> bool:
+    """Whether a run in this state keeps the deployment slot it secured: its process may still be
+    alive. That is PENDING, RUNNING and CANCELLING, a blocking pause (the process waits to resume;
+    a `Suspended` pause, with reschedule, ends it) and AwaitingRetry (the process retries in place).
+    Every other state gives the slot back."""
+    if state_type in ACTIVE_STATES:
+        return True
+    if state_type == StateType.PAUSED:
+        return not pause_reschedule
+    return state_type == StateType.SCHEDULED and name == AWAITING_RETRY
 
 
 class StateDetails(FlowrunsModel):
@@ -115,6 +130,10 @@ class State(StateDefaults, TimeSeriesModel):
 
     def is_final(self) -> bool:
         return self.type in TERMINAL_STATES
+
+    def keeps_deployment_slot(self) -> bool:
+        """See `keeps_deployment_slot`: whether the run's process may still be alive in this state."""
+        return keeps_deployment_slot(self.type, self.name, self.state_details.pause_reschedule)
 
     def fresh_copy(self, **update: Any) -> Self:
         """A deep copy with a new id and the current time."""
@@ -221,7 +240,7 @@ def Suspended(
 
 
 def AwaitingRetry(scheduled_time: datetime.datetime | None = None, cls: type[State] = State, **kwargs: Any) -> State:
-    return Scheduled(scheduled_time=scheduled_time, cls=cls, name="AwaitingRetry", **kwargs)
+    return Scheduled(scheduled_time=scheduled_time, cls=cls, name=AWAITING_RETRY, **kwargs)
 
 
 def AwaitingConcurrencySlot(
