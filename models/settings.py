@@ -12,7 +12,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///flowruns.db"
     broker_url: str = "redis://localhost:6379/0"
     result_backend: str = "redis://localhost:6379/1"
-    task_queue: str = "celery"
+    task_queue: str = Field(default="flowruns", min_length=1)
     visibility_timeout: int = Field(default=1800, ge=1)
 
     # Orchestration knobs (Prefect's server defaults).
@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     # What one read may cost.
     max_read_offset: int = Field(default=100_000, ge=0)
     read_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @property
+    def maintenance_queue(self) -> str:
+        """Where beat's maintenance tasks go: `flowruns.maintenance` by default."""
+        return f"{self.task_queue}.maintenance"
 
 
 @lru_cache(maxsize=1)

@@ -10,6 +10,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_ready
+from kombu import Queue
 
 from models.database import dispose_engines
 from models.settings import Settings, get_settings
@@ -35,7 +36,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
+        # A queue of our own (never Celery's shared default `celery`): on a Redis that also serves
+        # another Celery app, neither side's workers take the other's messages. Beat's maintenance
+        # tasks have a queue of their own; a worker consumes both unless `-Q` says otherwise.
         "task_default_queue": settings.task_queue,
+        "task_queues": (Queue(settings.task_queue), Queue(settings.maintenance_queue)),
+        "task_routes": {"maintenance.*": {"queue": settings.maintenance_queue}},
         # JSON only: a pickle message is refused before anything runs.
         "task_serializer": "json",
         "result_serializer": "json",

@@ -147,19 +147,24 @@ def worker(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @contextmanager
-def running_worker(database_url: str, directory: Path, app: str = "tasks", **settings: str) -> Iterator[Worker]:
-    """`celery -A <app> worker` on a queue of its own; `settings` are extra FLOWRUNS_* values."""
-    if not _redis_available(BROKER_URL):
+def running_worker(
+    database_url: str, directory: Path, app: str = "tasks", queue: str | None = None, broker_url: str = BROKER_URL,
+    **settings: str,
+) -> Iterator[Worker]:
+    """`celery -A <app> worker` on a queue of its own (or `queue`, with no FLOWRUNS_TASK_QUEUE set
+    when it is the default); `settings` are extra FLOWRUNS_* values."""
+    if not _redis_available(broker_url):
         pytest.skip(f"no Redis at {REDIS_URL}")
-    queue = f"flowruns-test-{uuid.uuid4().hex[:10]}"
-    hostname = f"{queue}@{socket.gethostname()}"
+    default_queue = queue == "flowruns"
+    queue = queue or f"flowruns-test-{uuid.uuid4().hex[:10]}"
+    hostname = f"{queue}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     log = directory / f"{queue}.log"
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name != "FLOWRUNS_TASK_QUEUE"},
         "FLOWRUNS_DATABASE_URL": database_url,
-        "FLOWRUNS_BROKER_URL": BROKER_URL,
+        "FLOWRUNS_BROKER_URL": broker_url,
         "FLOWRUNS_RESULT_BACKEND": RESULT_BACKEND,
-        "FLOWRUNS_TASK_QUEUE": queue,
+        **({} if default_queue else {"FLOWRUNS_TASK_QUEUE": queue}),
         "FLOWRUNS_TASK_MAX_RETRIES": "3",
         "FLOWRUNS_TASK_RETRY_BACKOFF_MAX_SECONDS": "1",
         **{f"FLOWRUNS_{name.upper()}": value for name, value in settings.items()},
@@ -171,7 +176,7 @@ def running_worker(database_url: str, directory: Path, app: str = "tasks", **set
     ]
     with log.open("wb") as output:
         process = subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=output, stderr=subprocess.STDOUT)
-    producer = Celery("foreign-producer", broker=BROKER_URL, backend=RESULT_BACKEND, set_as_current=False)
+    producer = Celery("foreign-producer", broker=broker_url, backend=RESULT_BACKEND, set_as_current=False)
     producer.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=True)
     results = redis.Redis.from_url(RESULT_BACKEND)
     handle = Worker(producer=producer, queue=queue, hostname=hostname, process=process, log=log, results=results)
@@ -181,8 +186,9 @@ def running_worker(database_url: str, directory: Path, app: str = "tasks", **set
     finally:
         stop_process(process)
         producer.close()
-        broker = redis.Redis.from_url(BROKER_URL)
-        broker.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        broker = redis.Redis.from_url(broker_url)
+        for name in (queue, f"{queue}.maintenance"):
+            broker.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
         broker.close()
         _forget_results_of(results, queue)
         results.close()

@@ -84,7 +84,10 @@ def test_beat_entries_expire_before_their_next_firing() -> None:
     assert {entry["task"] for entry in schedule.values()} == MAINTENANCE_TASKS
     for entry in schedule.values():
         assert 0 < entry["options"]["expires"] < entry["schedule"]
-    assert celery_config(settings)["task_default_queue"] == "celery"
+    config = celery_config(settings)
+    assert config["task_default_queue"] == "flowruns"
+    assert [queue.name for queue in config["task_queues"]] == ["flowruns", "flowruns.maintenance"]
+    assert config["task_routes"] == {"maintenance.*": {"queue": "flowruns.maintenance"}}
 
 
 def test_contract_errors_serialise_to_json_with_class_name_and_one_message() -> None:
@@ -197,7 +200,7 @@ def test_a_pickle_message_is_refused_and_does_nothing(worker: Worker, tmp_path: 
 def test_the_worker_consumes_the_configured_queue_with_events_on(worker: Worker) -> None:
     inspect = worker.producer.control.inspect(destination=[worker.hostname], timeout=5)
     queues = inspect.active_queues() or {}
-    assert [q["name"] for qs in queues.values() for q in qs] == [worker.queue]
+    assert sorted(q["name"] for qs in queues.values() for q in qs) == [worker.queue, f"{worker.queue}.maintenance"]
     conf = next(iter((inspect.conf() or {}).values()))
     assert conf["task_acks_late"] is True and conf["worker_prefetch_multiplier"] == 1
     assert conf["accept_content"] == ["json"] and conf["task_default_queue"] == worker.queue

@@ -130,7 +130,8 @@ def forget_queue(url: str, queue: str) -> None:
     """Delete a queue, its bindings and the results of its tasks from a shared database."""
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
     try:
-        client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        for name in (queue, f"{queue}.maintenance"):
+            client.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
         for key in client.scan_iter(match=f"{RESULT_PREFIX}*", count=1000):
             raw = client.get(key)
             if raw is not None and json.loads(raw).get("queue") == queue:
