@@ -18,21 +18,35 @@ def db() -> None:
 
 
 @db.command()
-@click.option("--revision", default="head", show_default=True)
-def upgrade(revision: str) -> None:
-    """Apply migrations up to REVISION."""
+@click.argument("revision", default="head")
+@click.option("--sql", is_flag=True, help="print the SQL the migrations would run; change nothing")
+def upgrade(revision: str, sql: bool) -> None:
+    """Apply migrations up to REVISION (head)."""
     from models import migrations
 
+    if sql:
+        migrations.upgrade(revision=revision, sql=True)
+        return
     migrations.upgrade(revision=revision)
     click.echo(f"database at {migrations.current()} ({_safe_url()})")
 
 
 @db.command()
-@click.option("--revision", default="base", show_default=True)
-def downgrade(revision: str) -> None:
-    """Roll migrations back to REVISION (base drops every table)."""
+@click.argument("revision", required=False)
+@click.option("--yes", is_flag=True, help="roll back without asking")
+def downgrade(revision: str | None, yes: bool) -> None:
+    """Roll migrations back to REVISION (required: `base` drops every table). Asks first on a
+    terminal; elsewhere refuses without --yes."""
     from models import migrations
 
+    if revision is None:
+        raise click.UsageError("name the revision to roll back to (see `flowruns db history`; base drops every table)")
+    target = f"{revision} (every table is dropped)" if revision == "base" else revision
+    question = f"Roll {_safe_url()} back from {migrations.current() or 'base'} to {target}?"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.ClickException(f"{question} Refused: pass --yes to roll back without a terminal.")
+        click.confirm(question, abort=True)
     migrations.downgrade(revision=revision)
     click.echo(f"database at {migrations.current() or 'base'} ({_safe_url()})")
 
@@ -43,6 +57,14 @@ def current() -> None:
     from models import migrations
 
     click.echo(migrations.current() or "base")
+
+
+@db.command()
+def history() -> None:
+    """List the revisions, newest first, marking the applied one."""
+    from models import migrations
+
+    migrations.history()
 
 
 def _safe_url() -> str:

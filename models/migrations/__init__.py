@@ -1,5 +1,6 @@
 """Alembic migrations, driven programmatically (no alembic.ini needed)."""
 
+import sys
 from pathlib import Path
 
 from alembic import command
@@ -11,7 +12,7 @@ MIGRATIONS_DIR = Path(__file__).parent
 
 
 def alembic_config(url: str | None = None) -> Config:
-    config = Config()
+    config = Config(stdout=sys.stdout)  # the current stdout (Alembic's default is the one at import)
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
     config.set_main_option("version_locations", str(MIGRATIONS_DIR / "versions"))
@@ -19,16 +20,21 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
-def upgrade(url: str | None = None, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+def upgrade(url: str | None = None, revision: str = "head", sql: bool = False) -> None:
+    """Apply migrations up to `revision`; with `sql`, print their SQL instead (nothing runs)."""
+    command.upgrade(alembic_config(url), revision, sql=sql)
 
 
 def downgrade(url: str | None = None, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
 
 
+def history(url: str | None = None) -> None:
+    """Print every revision, newest first, marking the applied one."""
+    command.history(alembic_config(url), indicate_current=True)
+
+
 def current(url: str | None = None) -> str | None:
-    import sqlalchemy as sa
     from alembic.runtime.migration import MigrationContext
 
     from models.database import get_engine

@@ -10,6 +10,19 @@ config = context.config
 url = config.attributes.get("database_url") or get_settings().database_url
 
 
+def run_migrations_offline() -> None:
+    """`flowruns db upgrade --sql`: the SQL the migrations would run, printed, the database untouched."""
+    context.configure(
+        url=url,
+        target_metadata=Base.metadata,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        render_as_batch=url.startswith("sqlite"),
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations() -> None:
     engine = get_engine(url)
     with engine.connect() as connection:
@@ -24,4 +37,7 @@ def run_migrations() -> None:
         connection.commit()
 
 
-run_migrations()
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations()

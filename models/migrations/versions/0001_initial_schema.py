@@ -29,7 +29,7 @@ CYCLE_FOREIGN_KEYS = [
 
 
 def _is_sqlite() -> bool:
-    return op.get_bind().dialect.name == "sqlite"
+    return op.get_context().dialect.name == "sqlite"
 
 
 def _inline_cycle_foreign_keys(table: str) -> list[sa.ForeignKeyConstraint]:
