@@ -38,9 +38,20 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    # Sessions in UTC: timestamps arrive as UTC datetimes, with nothing left to convert.
-    connect_args = {"options": "-c timezone=UTC", **kwargs.pop("connect_args", {})}
+    # Sessions in UTC: timestamps arrive as UTC datetimes, with nothing left to convert. No
+    # statement runs, and no lock is waited for, longer than the settings allow: the attempt fails
+    # (and is retried, for a write) instead of holding a worker process.
+    settings = get_settings()
+    options = (
+        f"-c timezone=UTC -c statement_timeout={_milliseconds(settings.statement_timeout_seconds)}"
+        f" -c lock_timeout={_milliseconds(settings.lock_timeout_seconds)}"
+    )
+    connect_args = {"options": options, **kwargs.pop("connect_args", {})}
     return sa.create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args, **kwargs)
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -115,7 +126,7 @@ def table_insert(table: sa.Table) -> sa.Insert:
 def limit_statement_time(session: Session, seconds: float) -> None:
     """Have PostgreSQL cancel any statement of this transaction that runs longer than `seconds`."""
     if dialect_name(session) == "postgresql":
-        session.execute(_SET_STATEMENT_TIMEOUT, {"milliseconds": str(max(1, int(seconds * 1000)))})
+        session.execute(_SET_STATEMENT_TIMEOUT, {"milliseconds": str(_milliseconds(seconds))})
 
 
 _SET_STATEMENT_TIMEOUT = sa.text("SELECT set_config('statement_timeout', :milliseconds, true)")

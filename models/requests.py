@@ -73,11 +73,15 @@ def record_outcome(session: Session, task_id: str, name: str, outcome: Any) -> b
     return driver_sql.first(session, statement, values) is not None
 
 
-def prune(session: Session, older_than: datetime.datetime) -> int:
-    """Forget requests recorded before `older_than`; returns how many rows went."""
+def prune(session: Session, older_than: datetime.datetime, limit: int | None = None) -> int:
+    """Forget requests recorded before `older_than` (at most `limit` of them, oldest first);
+    returns how many rows went."""
+    doomed = sa.select(orm.ProcessedRequest.task_id).where(orm.ProcessedRequest.created < older_than)
+    if limit is not None:
+        doomed = doomed.order_by(orm.ProcessedRequest.created).limit(limit)
     result = session.execute(
         sa.delete(orm.ProcessedRequest)
-        .where(orm.ProcessedRequest.created < older_than)
+        .where(orm.ProcessedRequest.task_id.in_(doomed.scalar_subquery()))
         .execution_options(synchronize_session=False)
     )
     return result.rowcount

@@ -2,7 +2,7 @@
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,7 @@ class Settings(BaseSettings):
 
     # Orchestration knobs (Prefect's server defaults).
     concurrency_slot_wait_seconds: float = Field(default=30.0, ge=0)
+    max_cache_key_length: int = Field(default=2000, ge=1)
     max_parameter_size_bytes: int = Field(default=512 * 1024, ge=0)
     api_default_limit: int = Field(default=200, ge=1)
     graph_max_nodes: int = Field(default=10_000, ge=1)
@@ -30,6 +31,12 @@ class Settings(BaseSettings):
     processed_request_retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
     task_max_retries: int = Field(default=8, ge=0)
     task_retry_backoff_max_seconds: int = Field(default=60, ge=1)
+    task_soft_time_limit_seconds: float = Field(default=60.0, gt=0)
+    task_time_limit_seconds: float = Field(default=120.0, gt=0)
+
+    # What one statement may wait for (PostgreSQL, every connection).
+    statement_timeout_seconds: float = Field(default=30.0, gt=0)
+    lock_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # What one message may hold (checked by the worker's main process before anything else).
     max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -43,6 +50,12 @@ class Settings(BaseSettings):
     # What one read may cost.
     max_read_offset: int = Field(default=100_000, ge=0)
     read_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _hard_limit_after_the_soft_one(self) -> "Settings":
+        if self.task_time_limit_seconds <= self.task_soft_time_limit_seconds:
+            raise ValueError("FLOWRUNS_TASK_TIME_LIMIT_SECONDS must exceed FLOWRUNS_TASK_SOFT_TIME_LIMIT_SECONDS")
+        return self
 
     @property
     def maintenance_queue(self) -> str:

@@ -53,6 +53,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Bounded work: past the soft limit a request gives up its attempt and is retried; past
+        # the hard one its process is killed and the message delivered again (tasks.worker_losses).
+        "task_soft_time_limit": settings.task_soft_time_limit_seconds,
+        "task_time_limit": settings.task_time_limit_seconds,
         "worker_soft_shutdown_timeout": SOFT_SHUTDOWN_SECONDS,
         "broker_connection_retry_on_startup": True,
         # Kombu reads the timeout from each place separately; keep them equal.

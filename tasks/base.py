@@ -21,6 +21,7 @@ import pydantic
 import pydantic_core
 import redis.exceptions
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -209,11 +210,17 @@ class FlowrunsTask(GuardedTask):
                 send_follow_ups(self, self.spec.follow_ups(body, outcome, task_id, released))
         except Exception as error:
             kind = failure_kind(error)
-            # A write cancelled by a statement timeout waited on a lock held elsewhere: try again.
-            if kind is ErrorKind.TRANSIENT or (kind is ErrorKind.CANCELLED and self.spec.recorded):
+            # A write cancelled by a statement timeout waited on a lock held elsewhere, and an
+            # attempt past the soft time limit was stopped: the transaction rolled back, try again.
+            if (
+                kind is ErrorKind.TRANSIENT
+                or (kind is ErrorKind.CANCELLED and self.spec.recorded)
+                or isinstance(error, SoftTimeLimitExceeded)
+            ):
                 countdown = retry_countdown(self.request.retries, settings.task_retry_backoff_max_seconds)
-                logger.warning("%s[%s] lost a connection or a database race (%s); retrying in %.1fs",
-                               self.name, task_id, _first_line(error), countdown)
+                logger.warning("%s[%s] lost a connection or a database race, or ran out of time (%s); "
+                               "retrying in %.1fs", self.name, task_id, _first_line(error) or type(error).__name__,
+                               countdown)
                 raise self.retry(exc=error, countdown=countdown, max_retries=settings.task_max_retries) from error
             if kind is ErrorKind.REFUSED:
                 raise ValidationError(refusal_message(error, next(iter(self.spec.body.model_fields)))) from error

@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 LATE_RUNS_BATCH = 400
 """At most this many runs are marked late per firing (as Prefect's late-runs service)."""
+PRUNE_BATCH = 10_000
+"""Inbox rows forgotten per transaction."""
+PRUNE_BATCHES_PER_FIRING = 50
+"""At most this many prune transactions per firing."""
 
 
 @app.task(name="maintenance.reconcile_concurrency_slots")
@@ -84,10 +88,16 @@ def _mark_late(flow_run_id: Any, scheduled_time: datetime.datetime | None) -> bo
 
 @app.task(name="maintenance.prune_processed_requests")
 def prune_processed_requests() -> int:
-    """Forget inbox rows older than the retention period; returns how many went."""
+    """Forget inbox rows older than the retention period, a batch per transaction (each short, well
+    within the statement timeout; what one firing leaves, the next takes); returns how many went."""
     older_than = now_utc() - datetime.timedelta(seconds=get_settings().processed_request_retention_seconds)
-    with unit_of_work() as session:
-        pruned = requests.prune(session, older_than)
+    pruned = 0
+    for _ in range(PRUNE_BATCHES_PER_FIRING):
+        with unit_of_work() as session:
+            batch = requests.prune(session, older_than, limit=PRUNE_BATCH)
+        pruned += batch
+        if batch < PRUNE_BATCH:
+            break
     if pruned:
         logger.info("pruned %d processed requests recorded before %s", pruned, older_than.isoformat())
     return pruned

@@ -3,17 +3,18 @@
 With late acks and `task_reject_on_worker_lost`, Celery requeues the message of a pool process
 that died, so a killed process loses nothing; but a message that kills its process every time
 (a crash in native code, memory exhaustion) would be delivered forever, taking a process down
-each time. Here each such requeue is a copy of the message that counts its losses in a header
-(the count travels with the message, so every worker host sees it); at `FLOWRUNS_MAX_WORKER_LOSSES`
-the message is parked instead: acknowledged, logged, and its producer gets a FAILURE result
-(`PoisonMessageError`). Shutdowns and revocations keep Celery's own handling.
+each time. A process killed at the hard time limit is such a loss too. Here each requeue is a
+copy of the message that counts its losses in a header (the count travels with the message, so
+every worker host sees it); at `FLOWRUNS_MAX_WORKER_LOSSES` the message is parked instead:
+acknowledged, logged, and its producer gets a FAILURE result (`PoisonMessageError`). Shutdowns
+and revocations keep Celery's own handling.
 """
 
 import logging
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
-from billiard.exceptions import WorkerLostError
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.utils.saferepr import saferepr
 from celery.worker import state as worker_state
 from celery.worker.request import Request
@@ -30,36 +31,52 @@ REQUEUE_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step"
 
 
 class CountingRequest(Request):
-    """Celery's request, with a lost pool process counted against the message (`Task.Request`)."""
+    """Celery's request, with a lost pool process counted against the message (`Task.Request`).
+    A process killed at the hard time limit counts as lost too: its message is delivered again
+    (not failed), and a message that runs out of time again and again is parked."""
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         error = _unwrapped(exc_info.exception)
-        if not self._pool_process_died(error):
+        if not (self._pool_process_died(error) and self._counted_loss(error)):
             super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if soft or not self._may_requeue():
+            super().on_timeout(soft, timeout)
             return
-        losses = self.worker_losses() + 1
-        if losses >= get_settings().max_worker_losses:
+        # The pool then reports the job failed with TimeLimitExceeded: `on_failure` counts the loss.
+        logger.error("Hard time limit (%ss) exceeded for %s[%s]", timeout, self.name, self.id)
+
+    def _counted_loss(self, error: BaseException) -> bool:
+        """Deliver the message again with one more loss counted, or park it at the limit; False
+        when no copy could be published (Celery's own handling then requeues it, uncounted)."""
+        losses, limit = self.worker_losses() + 1, get_settings().max_worker_losses
+        if losses >= limit:
             worker_state.task_ready(self)
             self._park(losses, error)
-        elif self._requeue_counted(losses):
-            worker_state.task_ready(self)
-            logger.warning(
-                "Task %s[%s] lost its pool process (%s); delivered again (loss %d of %d)",
-                self.name, self.id, error, losses, get_settings().max_worker_losses,
-            )
-        else:  # the copy could not be published: Celery requeues the message itself, uncounted
-            super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+            return True
+        if not self._requeue_counted(losses):
+            return False
+        worker_state.task_ready(self)
+        logger.warning("Task %s[%s] lost its pool process (%s); delivered again (loss %d of %d)",
+                       self.name, self.id, error, losses, limit)
+        return True
 
     def worker_losses(self) -> int:
         value = self._request_dict.get(WORKER_LOSSES_HEADER)
         return value if isinstance(value, int) and value >= 0 else 0
 
-    def _pool_process_died(self, error: BaseException) -> bool:
+    def _may_requeue(self) -> bool:
+        """Late acks with requeue on a lost worker, and no shutdown under way (Celery requeues
+        what a shutdown interrupts)."""
         if not (self.task.acks_late and self.task.reject_on_worker_lost):
             return False
-        if worker_state.should_stop not in (None, False) or worker_state.should_terminate not in (None, False):
-            return False  # a shutdown: Celery requeues what it interrupted
-        if isinstance(error, WorkerLostError):
+        return worker_state.should_stop in (None, False) and worker_state.should_terminate in (None, False)
+
+    def _pool_process_died(self, error: BaseException) -> bool:
+        if not self._may_requeue():
+            return False
+        if isinstance(error, (WorkerLostError, TimeLimitExceeded)):
             return True
         # billiard reports a process's exit before it is gone; a cancel or revoke is not a loss
         return isinstance(error, (SystemExit, KeyboardInterrupt)) and not (

@@ -3,6 +3,9 @@ takes its worker down every time (`celery -A tests.crashing_tasks worker`)."""
 
 import os
 import signal
+import time
+
+from celery.exceptions import SoftTimeLimitExceeded
 
 from tasks import app
 
@@ -14,4 +17,19 @@ def kill_own_process() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-__all__ = ["KILL_OWN_PROCESS", "app"]
+
+OVERRUN_HARD_LIMIT = "tests.overrun_hard_time_limit"
+
+
+@app.task(name=OVERRUN_HARD_LIMIT)
+def overrun_hard_time_limit(seconds: float) -> None:
+    """Sleep through the soft time limit (as native code would) until the hard one kills the process."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except SoftTimeLimitExceeded:
+            continue
+
+
+__all__ = ["KILL_OWN_PROCESS", "OVERRUN_HARD_LIMIT", "app"]

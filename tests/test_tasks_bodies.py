@@ -318,6 +318,7 @@ def test_work_queue_result_names_its_pool(pool: dict[str, Any]) -> None:
 
 def test_task_runs_dependencies_and_graph(flow_id: str) -> None:
     run = create_run(flow_id)
+    propose(run["id"], "RUNNING")  # a task run starts only inside a running flow run
     upstream = ok(
         task_runs.create_task_run,
         task_run={"flow_run_id": run["id"], "task_key": "extract", "dynamic_key": "0", "name": "extract"},
@@ -379,6 +380,23 @@ def test_prune_processed_requests_drops_only_old_rows(session: Session, flow_id:
     assert maintenance.prune_processed_requests.apply().get() == 1
     remaining = session.scalars(sa.select(orm.ProcessedRequest.name)).all()
     assert remaining == ["flows.create_flow"]  # the fixture's own create_flow request
+
+
+def test_prune_goes_batch_by_batch_oldest_first(
+    session: Session, flow_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintenance, "PRUNE_BATCH", 3)
+    monkeypatch.setattr(maintenance, "PRUNE_BATCHES_PER_FIRING", 2)
+    old = now_utc() - datetime.timedelta(days=30)
+    session.add_all([orm.ProcessedRequest(task_id=f"old-{index}", name="flows.create_flow", outcome=None,
+                                          created=old + datetime.timedelta(seconds=index)) for index in range(8)])
+    session.commit()
+
+    assert maintenance.prune_processed_requests.apply().get() == 6  # two batches of three this firing
+    left = session.scalars(sa.select(orm.ProcessedRequest.task_id).where(orm.ProcessedRequest.task_id.like("old-%"))).all()
+    assert sorted(left) == ["old-6", "old-7"]
+    session.rollback()  # let go of the database (SQLite: of its write lock)
+    assert maintenance.prune_processed_requests.apply().get() == 2
 
 
 def test_reconcile_reports_what_it_fixed(session: Session, flow_id: str) -> None:
