@@ -8,6 +8,7 @@ from models.settings import get_settings
 
 
 @click.group()
+@click.version_option(package_name="flowruns", prog_name="flowruns")
 def main() -> None:
     """flowruns: Prefect-compatible flow-run orchestration as a Celery worker."""
 
