@@ -76,6 +76,15 @@ def _safe_url() -> str:
 
 
 @main.command()
+def contract() -> None:
+    """Print the wire contract as JSON Schema: every task's kwargs and result (docs/contract.json)."""
+    import tasks  # noqa: F401  (registers every task)
+    from tasks.contract import contract_json
+
+    click.echo(contract_json(), nl=False)
+
+
+@main.command()
 @click.option("--runs", default=8, show_default=True, help="flow runs in the deployment")
 @click.option("--database", default=None, help="SQLite file (default: a fresh temporary file)")
 def demo(runs: int, database: str | None) -> None:

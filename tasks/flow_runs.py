@@ -142,6 +142,7 @@ def create_flow_run(session: Session, body: CreateFlowRun, task_id: str) -> Flow
 
 @flowruns_task("flow_runs.read_flow_run", FlowRunId, recorded=False)
 def read_flow_run(session: Session, body: FlowRunId, task_id: str) -> FlowRunResponse:
+    """The run with its current state; ObjectNotFoundError for an unknown id."""
     run = flow_runs.read_flow_run(session, body.flow_run_id)
     if run is None:
         raise ObjectNotFoundError(f"flow_run_id: no flow run with id {body.flow_run_id}")
@@ -150,11 +151,13 @@ def read_flow_run(session: Session, body: FlowRunId, task_id: str) -> FlowRunRes
 
 @flowruns_task("flow_runs.read_flow_runs", ReadFlowRuns, recorded=False)
 def read_flow_runs(session: Session, body: ReadFlowRuns, task_id: str) -> list[FlowRunResponse]:
+    """A page (at most 200) of the runs the filters select, in the sort's order."""
     return read_flow_run_responses(session, **_filters(body), offset=body.offset, limit=body.limit, sort=body.sort)
 
 
 @flowruns_task("flow_runs.count_flow_runs", CountFlowRuns, recorded=False)
 def count_flow_runs(session: Session, body: CountFlowRuns, task_id: str) -> int:
+    """How many runs the filters select."""
     return flow_runs.count_flow_runs(session, **_filters(body))
 
 
@@ -199,11 +202,13 @@ def cleanup_flow_run_concurrency_slots(session: Session, body: CleanupSlots, tas
 
 @flowruns_task("flow_runs.read_task_run_dependencies", FlowRunId, recorded=False)
 def read_task_run_dependencies(session: Session, body: FlowRunId, task_id: str) -> list[DependencyResult]:
+    """Each task run of the run with the task runs it waited on (upstream) and its inputs."""
     return flow_runs.read_task_run_dependencies(session, body.flow_run_id)
 
 
 @flowruns_task("flow_runs.read_flow_run_graph", ReadFlowRunGraph, recorded=False)
 def read_flow_run_graph(session: Session, body: ReadFlowRunGraph, task_id: str) -> Graph:
+    """The run's graph of task runs and subflows (nodes changed since `since`, when given)."""
     if body.since is None:
         return flow_runs.read_flow_run_graph(session, body.flow_run_id)
     return flow_runs.read_flow_run_graph(session, body.flow_run_id, since=body.since)
