@@ -1,6 +1,7 @@
 """The `flowruns` command: database migrations, the demo, benchmarks and chaos scenarios."""
 
 import sys
+from typing import Any
 
 import click
 
@@ -73,6 +74,32 @@ def _safe_url() -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(get_settings().database_url).render_as_string(hide_password=True)
+
+
+@main.command()
+@click.argument("run_id", type=click.UUID)
+@click.option("--format", "fmt", type=click.Choice(["text", "mermaid", "dot"]), default="text", show_default=True)
+@click.option("--over-the-wire", is_flag=True,
+              help="ask a worker (flow_runs.read_flow_run_graph on FLOWRUNS_BROKER_URL) instead of the database")
+def graph(run_id: Any, fmt: str, over_the_wire: bool) -> None:
+    """Draw a flow run's graph of task runs and subflows."""
+    from models.errors import FlowrunsError
+    from tasks.graph_view import render
+
+    try:
+        if over_the_wire:
+            from tasks import producer
+
+            run_graph = producer.read_flow_run_graph(None, run_id)
+        else:
+            from models import flow_runs
+            from models.database import unit_of_work
+
+            with unit_of_work() as session:
+                run_graph = flow_runs.read_flow_run_graph(session, run_id)
+    except FlowrunsError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(render(run_graph, fmt, title=f"flow run {run_id}"))
 
 
 @main.command()
