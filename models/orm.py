@@ -270,6 +270,27 @@ class TaskRunState(StateColumns, Base):
     )
 
 
+class TaskRunStateCache(BaseColumns, Base):
+    """A COMPLETED task-run state remembered under its cache key (newest entry wins).
+
+    Looked up by `cache_key_digest` (sha256 hex of the key), never by the key itself: a key may
+    be thousands of bytes, more than a PostgreSQL btree entry can hold. The key is kept to
+    compare against. No foreign key to the state, as Prefect: an entry whose state is gone is
+    a miss.
+    """
+
+    __tablename__ = "task_run_state_cache"
+
+    cache_key: Mapped[str] = mapped_column(sa.String, nullable=False)
+    cache_key_digest: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    cache_expiration: Mapped[datetime.datetime | None] = mapped_column(Timestamp)
+    task_run_state_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, nullable=False)
+
+    __table_args__ = (
+        sa.Index("ix_task_run_state_cache__cache_key_digest_created_desc", "cache_key_digest", sa.desc("created")),
+    )
+
+
 class FlowRun(RunColumns, Base):
     __tablename__ = "flow_run"
 
