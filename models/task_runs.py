@@ -1,17 +1,18 @@
 """Task runs: the steps inside a flow run, with their own states."""
 
+import functools
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from models import orm
+from models import driver_sql, orm
 from models.database import dialect_insert, held_instance
 from models.errors import ObjectNotFoundError
 from models.schemas.actions import TaskRunCreate
 from models.schemas.core import TaskRun
-from models.transition_sql import lock_task_run
+from models.transition_sql import STATE_COLUMNS, StateRecord, lock_task_run
 from models.types import now_utc
 
 _NOT_INSERTED = ("state", "created", "updated", "estimated_run_time", "estimated_start_time_delta")
@@ -71,8 +72,9 @@ def set_task_run_state(
     """Propose a state for the task run under its row lock; returns an `OrchestrationResult`.
 
     `state` is a `State`, `StateCreate` or dict; its timestamp is taken once the lock is held.
-    The minimal task policy applies when `force` is set or no policy is given; the global task
-    transforms keep the run's times and counts. Raises `ObjectNotFoundError` for an unknown id.
+    The minimal task policy applies when `force` is set or no policy is given (the wire task
+    passes `CoreTaskPolicy`); the global task transforms keep the run's times and counts either
+    way. Raises `ObjectNotFoundError` for an unknown id.
     """
     from orchestration.context import (
         TaskOrchestrationContext,
@@ -111,3 +113,34 @@ def set_task_run_state(
     )
     policy = MinimalTaskPolicy if force or task_policy is None else task_policy
     return orchestrate(context, policy, GlobalTaskPolicy)
+
+
+class EnclosingFlowRun(NamedTuple):
+    """What the task-run rules read of the flow run a task run belongs to."""
+
+    id: uuid.UUID
+    run_count: int
+    state: StateRecord | None
+
+
+def read_enclosing_flow_run(session: Session, flow_run_id: uuid.UUID) -> EnclosingFlowRun | None:
+    """The flow run with its current state, unlocked; None if it is gone.
+
+    Runs on the session's connection (no autoflush): it is read in the middle of a task-run
+    transition, while the task run may be dirty in the session.
+    """
+    row = driver_sql.first(session, _enclosing_flow_run_statement(), {"flow_run_id": flow_run_id})
+    if row is None:
+        return None
+    state = row[2:]
+    return EnclosingFlowRun(row[0], row[1], StateRecord(*state) if state[0] is not None else None)
+
+
+@functools.cache
+def _enclosing_flow_run_statement() -> sa.Select[Any]:
+    run, state = orm.FlowRun.__table__, orm.FlowRunState.__table__
+    return (
+        sa.select(run.c.id, run.c.run_count, *(state.c[name] for name in STATE_COLUMNS))
+        .select_from(run.outerjoin(state, state.c.id == run.c.state_id))
+        .where(run.c.id == sa.bindparam("flow_run_id"))
+    )

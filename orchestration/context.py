@@ -4,7 +4,7 @@ All side effects share the caller's session (one transaction). The run is what t
 a `LockedRun` read by `models.transition_sql`, or the session's ORM instance when it already held
 one; rules read and change its attributes the same way. The three states are `State` schemas. The
 deployment (with its limit and the run's holdings) comes with the lock or is loaded at most once,
-on demand.
+on demand; so is a task run's flow run.
 
 Writes go through SQLAlchemy Core (`models.transition_sql`): the state and the run columns that
 changed when the proposal is validated, then whatever a rule changed on the run afterwards, once
@@ -27,7 +27,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from models import orm
 from models.database import held_instance
-from models.errors import ObjectNotFoundError, ValidationError
+from models.errors import ValidationError
 from models.schemas.base import deep_copy
 from models.schemas.responses import (
     SetStateStatus,
@@ -37,6 +37,7 @@ from models.schemas.responses import (
     StateWaitDetails,
 )
 from models.schemas.states import State, StateType
+from models.task_runs import EnclosingFlowRun, read_enclosing_flow_run
 from models.transition_sql import (
     FLOW_RUNS,
     TASK_RUNS,
@@ -385,18 +386,16 @@ def _deployment_slot_statement() -> sa.Select[Any]:
 class TaskOrchestrationContext(OrchestrationContext[orm.TaskRun]):
     TABLES = TASK_RUNS
 
-    def flow_run_run_count(self) -> int | None:
-        """The parent flow run's run count (None for a task run without a flow run)."""
+    def flow_run(self) -> EnclosingFlowRun | None:
+        """The flow run this task run belongs to, with its current state: None for a task run
+        without one, or when it is gone. Read at most once per transition (every rule that asks
+        within one transition sees the same answer, as they would within one transaction)."""
         if self.run.flow_run_id is None:
             return None
-        count = self.session.execute(
-            sa.select(orm.FlowRun.run_count).where(orm.FlowRun.id == self.run.flow_run_id)
-        ).scalar_one_or_none()
-        if count is None:
-            raise ObjectNotFoundError(
-                f"flow_run_id: the flow run {self.run.flow_run_id} of task run {self.run.id} is gone"
-            )
-        return count
+        if "flow_run" not in self.lookups:
+            self.lookups["flow_run"] = read_enclosing_flow_run(self.session, self.run.flow_run_id)
+        found: EnclosingFlowRun | None = self.lookups["flow_run"]
+        return found
 
 
 def next_timestamp(after: datetime.datetime | None, proposed: datetime.datetime) -> datetime.datetime:

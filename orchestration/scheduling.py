@@ -1,4 +1,8 @@
-"""Scheduled times: when a run may start, and which runs can be marked late."""
+"""Scheduled times: when a run may start, and which runs can be marked late.
+
+`CopyScheduledTime` and `WaitForScheduledTime` read only the states, so the flow-run and the
+task-run core policies share them; marking runs late is for flow runs only.
+"""
 
 import datetime
 import math

@@ -1,11 +1,17 @@
-"""Task-run policies: no rules of their own yet, but real bookkeeping on every transition."""
+"""Task-run policies: ordered lists of rule classes, highest priority first, and the bookkeeping
+every task-run transition gets."""
 
 from typing import Any
 
 from models.schemas.states import StateType
+from orchestration.caching import CacheInsertion, CacheRetrieval
 from orchestration.context import TaskOrchestrationContext
+from orchestration.enclosing_flow import PreventRunningTasksFromStoppedFlows, UpdateFlowRunTrackerOnTasks
 from orchestration.global_policy import COMMON_GLOBAL_TRANSFORMS, EnsureStateTimestampIsAfterCurrent
 from orchestration.rules import AnyRule, UniversalTransform
+from orchestration.scheduling import CopyScheduledTime, WaitForScheduledTime
+from orchestration.task_retries import RenameReruns, RetryFailedTasks
+from orchestration.task_terminal import HandleTaskTerminalStateTransitions
 
 
 class IncrementTaskRunCount(UniversalTransform[TaskOrchestrationContext]):
@@ -16,25 +22,30 @@ class IncrementTaskRunCount(UniversalTransform[TaskOrchestrationContext]):
             context.run.run_count += 1
 
 
-class UpdateFlowRunTrackerOnTasks(UniversalTransform[TaskOrchestrationContext]):
-    """A task run entering RUNNING records which attempt of its flow run it belongs to."""
-
-    def before_transition(self, context: TaskOrchestrationContext) -> None:
-        if self.nullified_transition() or context.proposed_state_type != StateType.RUNNING:
-            return
-        count = context.flow_run_run_count()
-        if count is not None:
-            context.run.flow_run_run_count = count
-
+CoreTaskPolicy: tuple[AnyRule, ...] = (
+    CacheRetrieval,  # first: a cached result is handed out even to a run that could not start
+    HandleTaskTerminalStateTransitions,
+    PreventRunningTasksFromStoppedFlows,
+    # Prefect's SecureTaskConcurrencySlots: tag concurrency limits cannot be created through the
+    # contract, so there is never a slot to secure.
+    CopyScheduledTime,
+    WaitForScheduledTime,
+    RetryFailedTasks,
+    RenameReruns,
+    UpdateFlowRunTrackerOnTasks,
+    CacheInsertion,
+    # Prefect's ReleaseTaskConcurrencySlots: no tag limits, nothing to release.
+)
+"""What `task_runs.set_task_run_state` applies to a proposed state (`force=False`), in Prefect
+3.9.1's order."""
 
 MinimalTaskPolicy: tuple[AnyRule, ...] = ()
-"""Forced task-run transitions, and any caller that passes no policy (as Prefect's, which only
-releases tag concurrency slots; flowruns has no tag limits)."""
+"""Forced task-run transitions, and any caller that passes no policy (Prefect's only releases tag
+concurrency slots)."""
 
 GlobalTaskPolicy: tuple[Any, ...] = (
     EnsureStateTimestampIsAfterCurrent,
     *COMMON_GLOBAL_TRANSFORMS,
     IncrementTaskRunCount,
-    UpdateFlowRunTrackerOnTasks,
 )
-"""Bookkeeping on every task-run transition."""
+"""Bookkeeping on every task-run transition, forced or not (Prefect's GlobalTaskPolicy)."""

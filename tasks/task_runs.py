@@ -9,6 +9,7 @@ from models.schemas.actions import StateCreate, TaskRunCreate
 from models.schemas.base import ActionModel
 from models.schemas.core import TaskRun
 from models.schemas.responses import OrchestrationResult
+from orchestration import CoreTaskPolicy
 from tasks.base import flowruns_task
 
 
@@ -30,5 +31,7 @@ def create_task_run(session: Session, body: CreateTaskRun, task_id: str) -> Task
 
 @flowruns_task("task_runs.set_task_run_state", SetTaskRunState, recorded=True)
 def set_task_run_state(session: Session, body: SetTaskRunState, task_id: str) -> OrchestrationResult:
-    """Propose the state (the task policy has no rules of its own; bookkeeping always applies)."""
-    return task_runs.set_task_run_state(session, body.task_run_id, body.state, force=body.force)
+    """Propose the state under Prefect's core task policy (the minimal one when `force`)."""
+    return task_runs.set_task_run_state(
+        session, body.task_run_id, body.state, force=body.force, task_policy=CoreTaskPolicy
+    )
