@@ -124,9 +124,9 @@ def drive_workload(producer: Producer, checks: Checks, runs: int) -> dict[str, A
 
     fail_once, cancel, delete = ids[1], ids[2], ids[3]
     failed_already: set[str] = set()
+    tasks_added = False
     deleted: set[str] = set()
     graph_run = ids[0]
-    add_task_runs(call, graph_run)
 
     def propose(run_id: str, state: dict[str, Any]) -> dict[str, Any]:
         return call("flow_runs.set_flow_run_state", flow_run_id=run_id, state=state)
@@ -149,6 +149,10 @@ def drive_workload(producer: Producer, checks: Checks, runs: int) -> dict[str, A
                     say(f"  round {rounds}: deleted {name_of(ids, run_id)} while it held a slot")
                 elif run_id == cancel:
                     propose(run_id, {"type": "CANCELLING"})
+                elif run_id == graph_run and not tasks_added:
+                    # task runs start only inside a running flow run (Prefect's core task policy)
+                    add_task_runs(call, run_id, checks)
+                    tasks_added = True
                 elif run_id == fail_once and run_id not in failed_already:
                     failed_already.add(run_id)
                     result = propose(run_id, {"type": "FAILED", "message": "warehouse timeout"})
@@ -190,8 +194,9 @@ def drive_workload(producer: Producer, checks: Checks, runs: int) -> dict[str, A
     return {"finals": finals, "slots": final_slots, "graph": graph, "graph_run": name_of(ids, graph_run)}
 
 
-def add_task_runs(call: Any, flow_run_id: str) -> None:
-    """extract → (clean, validate) → load, each task depending on its upstream results."""
+def add_task_runs(call: Any, flow_run_id: str, checks: Checks) -> None:
+    """extract → (clean, validate) → load, each task depending on its upstream results, each run
+    to completion inside the (running) flow run."""
     created: dict[str, str] = {}
     for key, upstream in [("extract", []), ("clean", ["extract"]), ("validate", ["extract"]),
                           ("load", ["clean", "validate"])]:
@@ -208,7 +213,8 @@ def add_task_runs(call: Any, flow_run_id: str) -> None:
         )
         created[key] = task["id"]
         for state in ("RUNNING", "COMPLETED"):
-            call("task_runs.set_task_run_state", task_run_id=task["id"], state={"type": state})
+            result = call("task_runs.set_task_run_state", task_run_id=task["id"], state={"type": state})
+            checks.expect(result["status"] == "ACCEPT", f"task run {key} -> {state}: {result['status']}")
 
 
 def current_type(call: Any, run_id: str) -> str | None:
