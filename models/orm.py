@@ -444,6 +444,16 @@ class ProcessedRequest(Base):
     created: Mapped[datetime.datetime] = mapped_column(Timestamp, nullable=False, default=now_utc, index=True)
 
 
+class MaintenanceRun(Base):
+    """When each beat-driven maintenance task last ran, and what it did: `flowruns check` reads it."""
+
+    __tablename__ = "maintenance_run"
+
+    task_name: Mapped[str] = mapped_column(sa.String, primary_key=True)
+    last_run: Mapped[datetime.datetime] = mapped_column(Timestamp, nullable=False)
+    outcome: Mapped[Any | None] = mapped_column(JSON)
+
+
 FlowRun.task_runs = relationship(  # type: ignore[attr-defined]
     TaskRun, primaryjoin=FlowRun.id == TaskRun.flow_run_id, lazy="select", viewonly=True
 )

@@ -1,16 +1,64 @@
-"""The one settings object: every `FLOWRUNS_*` variable is read here and nowhere else."""
+"""The one settings object: every `FLOWRUNS_*` variable is read here and nowhere else.
 
+Any setting may also come from a file (Docker and Kubernetes secrets): `FLOWRUNS_<NAME>_FILE`
+names the file holding the value, used when `FLOWRUNS_<NAME>` itself is not set.
+"""
+
+import os
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "FLOWRUNS_"
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """Settings read from the files `FLOWRUNS_<NAME>_FILE` names (surrounding whitespace dropped)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = f"{ENV_PREFIX}{field_name.upper()}_FILE"
+        path = os.environ.get(variable)
+        if not path:
+            return None, field_name, False
+        try:
+            return Path(path).read_text().strip(), field_name, False
+        except OSError as error:
+            raise ValueError(f"{variable}: cannot read {path} ({error.strerror})") from None
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, _key, _complex = self.get_field_value(field, name)
+            if value is not None:
+                values[name] = value
+        return values
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLOWRUNS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, SecretFilesSource(settings_cls)
 
     database_url: str = "sqlite:///flowruns.db"
+    database_password: SecretStr | None = None
+    """Put into `database_url` (replacing any password there): keeps the password out of the URL
+    an operator sees, e.g. from a secret file (`FLOWRUNS_DATABASE_PASSWORD_FILE`)."""
     broker_url: str = "redis://localhost:6379/0"
+    flower_basic_auth: SecretStr | None = None
+    """`user:password` (comma-separated pairs for several users) that `flowruns flower` requires."""
     result_backend: str = "redis://localhost:6379/1"
     task_queue: str = Field(default="flowruns", min_length=1)
     visibility_timeout: int = Field(default=1800, ge=1)
@@ -50,6 +98,15 @@ class Settings(BaseSettings):
     # What one read may cost.
     max_read_offset: int = Field(default=100_000, ge=0)
     read_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _password_into_the_url(self) -> "Settings":
+        if self.database_password is not None:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(self.database_url).set(password=self.database_password.get_secret_value())
+            self.database_url = url.render_as_string(hide_password=False)
+        return self
 
     @model_validator(mode="after")
     def _hard_limit_after_the_soft_one(self) -> "Settings":

@@ -102,6 +102,42 @@ def graph(run_id: Any, fmt: str, over_the_wire: bool) -> None:
     click.echo(render(run_graph, fmt, title=f"flow run {run_id}"))
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(flower_args: tuple[str, ...]) -> None:
+    """Flower on this app (`celery -A tasks flower`), only with credentials: FLOWRUNS_FLOWER_BASIC_AUTH
+    (or FLOWRUNS_FLOWER_BASIC_AUTH_FILE) holds `user:password`. Other options go to Flower."""
+    import os
+
+    credentials = get_settings().flower_basic_auth
+    if credentials is None or ":" not in credentials.get_secret_value():
+        raise click.ClickException(
+            "refusing to start Flower without credentials: set FLOWRUNS_FLOWER_BASIC_AUTH=user:password "
+            "(or FLOWRUNS_FLOWER_BASIC_AUTH_FILE to a file holding it)"
+        )
+    # Handed over in the environment, not on the command line, where any local user could read it.
+    environment = {**os.environ, "FLOWER_BASIC_AUTH": credentials.get_secret_value()}
+    os.execvpe("celery", ["celery", "-A", "tasks", "flower", *flower_args], environment)
+
+
+@main.command()
+@click.option("--only", default="", help="comma-separated checks to run (database, schema, broker, worker, beat)")
+def check(only: str) -> None:
+    """Check the database, its schema, the broker, a worker and beat; exit 1 if any check fails."""
+    from tasks.app import app
+    from tasks.health import CHECKS, run_checks
+
+    names = [name.strip() for name in only.split(",") if name.strip()] or list(CHECKS)
+    unknown = [name for name in names if name not in CHECKS]
+    if unknown:
+        raise click.BadParameter(f"unknown checks {unknown}; choose from {', '.join(CHECKS)}", param_hint="--only")
+    results = run_checks(app, get_settings(), names)
+    for result in results:
+        click.echo(f"{result.name:<9} {'ok' if result.ok else 'FAIL':<4}  {result.detail}")
+    if not all(result.ok for result in results):
+        sys.exit(1)
+
+
 @main.command()
 def contract() -> None:
     """Print the wire contract as JSON Schema: every task's kwargs and result (docs/contract.json)."""

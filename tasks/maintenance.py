@@ -7,7 +7,7 @@ import datetime
 import logging
 from typing import Any
 
-from models import concurrency_slots, flow_runs, requests
+from models import concurrency_slots, flow_runs, maintenance_runs, requests
 from models.database import unit_of_work
 from models.errors import ObjectNotFoundError
 from models.schemas.filters import (
@@ -35,13 +35,20 @@ PRUNE_BATCHES_PER_FIRING = 50
 """At most this many prune transactions per firing."""
 
 
+def heartbeat(task_name: str, outcome: Any) -> Any:
+    """Note the run (beat's heartbeat, read by `flowruns check`) and return its outcome."""
+    with unit_of_work() as session:
+        maintenance_runs.record_run(session, task_name, outcome)
+    return outcome
+
+
 @app.task(name="maintenance.reconcile_concurrency_slots")
 def reconcile_concurrency_slots() -> dict[str, Any]:
     """Recount every limit from its holding records; release holdings of gone or inactive runs."""
     with unit_of_work() as session:
         report = concurrency_slots.reconcile(session)
     logger.info("reconciled concurrency slots: %s", report.as_dict())
-    return report.as_dict()
+    return heartbeat("maintenance.reconcile_concurrency_slots", report.as_dict())
 
 
 @app.task(name="maintenance.mark_late_runs")
@@ -62,7 +69,7 @@ def mark_late_runs() -> int:
     marked = sum(_mark_late(run_id, scheduled_time) for run_id, scheduled_time in candidates)
     if marked:
         logger.info("marked %d of %d overdue scheduled runs late", marked, len(candidates))
-    return marked
+    return heartbeat("maintenance.mark_late_runs", marked)
 
 
 def _scheduled_before(cutoff: datetime.datetime) -> FlowRunFilter:
@@ -100,4 +107,4 @@ def prune_processed_requests() -> int:
             break
     if pruned:
         logger.info("pruned %d processed requests recorded before %s", pruned, older_than.isoformat())
-    return pruned
+    return heartbeat("maintenance.prune_processed_requests", pruned)

@@ -9,6 +9,7 @@ from models.schemas.actions import StateCreate, TaskRunCreate
 from models.schemas.base import ActionModel
 from models.schemas.core import TaskRun
 from models.schemas.responses import OrchestrationResult
+from models.schemas.states import StateType
 from orchestration import CoreTaskPolicy
 from tasks.base import flowruns_task
 
@@ -25,8 +26,12 @@ class SetTaskRunState(ActionModel):
 
 @flowruns_task("task_runs.create_task_run", CreateTaskRun, recorded=True)
 def create_task_run(session: Session, body: CreateTaskRun, task_id: str) -> TaskRun:
-    """Create the task run, or return the one with the same flow run, task key and dynamic key."""
-    return TaskRun.model_validate(task_runs.create_task_run(session, body.task_run))
+    """Create the task run, or return the one with the same flow run, task key and dynamic key; a
+    new one without a state starts PENDING (forced), as Prefect's API creates it."""
+    task_run = body.task_run
+    if task_run.state is None:
+        task_run = task_run.model_copy(update={"state": StateCreate(type=StateType.PENDING)})
+    return TaskRun.model_validate(task_runs.create_task_run(session, task_run))
 
 
 @flowruns_task("task_runs.set_task_run_state", SetTaskRunState, recorded=True)

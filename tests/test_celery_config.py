@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from celery import Celery
 from celery.app.utils import find_app
 
 import tasks
+from models import orm
+from models.database import get_engine
 from models.errors import ObjectNotFoundError, ValidationError
 from models.settings import Settings
+from models.types import now_utc
 from tasks.app import celery_config, create_app
 from tasks.base import BACKOFF_BASE_SECONDS, failure_kind, retry_countdown
 from tasks.beat import beat_schedule
@@ -222,7 +226,9 @@ def test_a_worker_that_loses_its_database_retries_with_backoff_then_fails(tmp_pa
 
 @pytest.mark.integration
 @pytest.mark.usefixtures("db")
-def test_beat_drives_the_maintenance_tasks(worker: Worker, tmp_path: Path) -> None:
+def test_beat_drives_the_maintenance_tasks_and_the_health_check_sees_it(
+    worker: Worker, tmp_path: Path, database_url: str
+) -> None:
     flow = worker.call("flows.create_flow", flow={"name": "beat"})
     overdue = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)).isoformat()
     run = worker.call(
@@ -251,8 +257,21 @@ def test_beat_drives_the_maintenance_tasks(worker: Worker, tmp_path: Path) -> No
             time.sleep(0.5)
         assert state["name"] == "Late", (tmp_path / "beat.log").read_text()
         assert "maintenance.reconcile_concurrency_slots[" in worker.log_text()
+        checked = subprocess.run([sys.executable, "-m", "tasks.cli", "check"], cwd=REPOSITORY,
+                                 env={**env, "FLOWRUNS_DATABASE_URL": database_url}, capture_output=True,
+                                 text=True, timeout=60, check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert [line.split()[:2] for line in checked.stdout.splitlines()] == [
+            ["database", "ok"], ["schema", "ok"], ["broker", "ok"], ["worker", "ok"], ["beat", "ok"]]
     finally:
         stop_process(beat)
+    with get_engine(database_url).begin() as connection:  # beat as if it had stopped a minute ago
+        connection.execute(sa.update(orm.MaintenanceRun).values(last_run=now_utc() - datetime.timedelta(minutes=1)))
+    stale = subprocess.run([sys.executable, "-m", "tasks.cli", "check", "--only", "beat,worker"], cwd=REPOSITORY,
+                           env={**env, "FLOWRUNS_DATABASE_URL": database_url, "FLOWRUNS_TASK_QUEUE": "nobody"},
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert stale.returncode == 1
+    assert [line.split()[:2] for line in stale.stdout.splitlines()] == [["beat", "FAIL"], ["worker", "FAIL"]]
 
 
 def test_unacknowledged_messages_are_swept_about_as_often_as_the_visibility_timeout() -> None:

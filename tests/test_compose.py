@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from sqlalchemy.engine import make_url
 
 from models.settings import Settings
 from tasks.cli import main as flowruns_cli
@@ -20,9 +21,49 @@ def test_compose_has_every_service() -> None:
     assert set(SERVICES) == {"postgres", "redis", "migrate", "worker", "beat", "flower"}
 
 
-@pytest.mark.parametrize("name", ["postgres", "redis", "worker", "flower"])
+@pytest.mark.parametrize("name", ["postgres", "redis", "worker", "beat", "flower"])
 def test_long_running_services_have_healthchecks(name: str) -> None:
     assert SERVICES[name]["healthcheck"]["test"]
+
+
+def test_beat_is_healthy_only_while_it_fires() -> None:
+    assert SERVICES["beat"]["healthcheck"]["test"] == ["CMD", "flowruns", "check", "--only", "beat"]
+
+
+def test_no_password_ships_in_the_file() -> None:
+    """Passwords come from files named by required variables, as Docker secrets."""
+    text = (ROOT / "compose.yaml").read_text()
+    assert "change-me" not in text and "POSTGRES_PASSWORD:" not in text
+    assert SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    for name, variable in {"postgres_password": "FLOWRUNS_POSTGRES_PASSWORD_FILE",
+                           "flower_basic_auth": "FLOWRUNS_FLOWER_BASIC_AUTH_FILE"}.items():
+        assert COMPOSE["secrets"][name]["file"].startswith(f"${{{variable}:?")
+    for name in PROJECT_SERVICES:
+        environment = SERVICES[name]["environment"]
+        assert make_url(environment["FLOWRUNS_DATABASE_URL"]).password is None
+        assert environment["FLOWRUNS_DATABASE_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+        assert "postgres_password" in SERVICES[name]["secrets"]
+
+
+def test_flower_starts_only_with_credentials_and_listens_on_this_host() -> None:
+    flower = SERVICES["flower"]
+    assert flower["command"][:2] == ["flowruns", "flower"]
+    assert flower["environment"]["FLOWRUNS_FLOWER_BASIC_AUTH_FILE"] == "/run/secrets/flower_basic_auth"
+    assert flower["ports"] == ["${FLOWER_BIND_ADDRESS:-127.0.0.1}:5555:5555"]
+    refused = CliRunner().invoke(flowruns_cli, ["flower", "--port=5555"])
+    assert refused.exit_code == 1 and "refusing to start Flower without credentials" in refused.output
+
+
+def test_stopping_gives_running_tasks_their_soft_shutdown() -> None:
+    from tasks.app import SOFT_SHUTDOWN_SECONDS
+
+    grace = SERVICES["worker"]["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) > SOFT_SHUTDOWN_SECONDS
+
+
+def test_requests_use_flowruns_own_queue() -> None:
+    for name in PROJECT_SERVICES:
+        assert SERVICES[name]["environment"]["FLOWRUNS_TASK_QUEUE"] == "flowruns"
 
 
 def test_redis_persists_queued_requests() -> None:
@@ -41,7 +82,7 @@ def test_worker_and_beat_wait_for_migration_and_redis() -> None:
 
 @pytest.mark.parametrize("name", PROJECT_SERVICES)
 def test_environment_uses_only_known_settings(name: str) -> None:
-    known = {f"FLOWRUNS_{field.upper()}" for field in Settings.model_fields}
+    known = {f"FLOWRUNS_{field.upper()}{suffix}" for field in Settings.model_fields for suffix in ("", "_FILE")}
     names = {key for key in SERVICES[name]["environment"] if key.startswith("FLOWRUNS_")}
     assert names and names <= known
 
@@ -68,7 +109,12 @@ def test_every_service_command_exists_in_the_project(name: str) -> None:
         assert command[3] in celery_cli.commands
 
 
-def test_image_build_copies_every_package() -> None:
+def test_image_build_copies_every_package_and_file_the_build_needs() -> None:
+    import tomllib
+
     dockerfile = (ROOT / "Dockerfile").read_text()
     for package in ("models", "orchestration", "tasks"):
         assert f"COPY {package} ./{package}" in dockerfile
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    copied = next(line for line in dockerfile.splitlines() if line.startswith("COPY pyproject.toml")).split()[1:-1]
+    assert {"pyproject.toml", project["readme"], *project["license-files"]} <= set(copied)
