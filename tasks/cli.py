@@ -84,7 +84,7 @@ def _safe_url() -> str:
 def graph(run_id: Any, fmt: str, over_the_wire: bool) -> None:
     """Draw a flow run's graph of task runs and subflows."""
     from models.errors import FlowrunsError
-    from tasks.graph_view import render
+    from flowruns_tools.graph_view import render
 
     try:
         if over_the_wire:
@@ -152,7 +152,7 @@ def contract() -> None:
 @click.option("--database", default=None, help="SQLite file (default: a fresh temporary file)")
 def demo(runs: int, database: str | None) -> None:
     """Run an in-process worker on an in-memory broker and drive a realistic workload."""
-    from tasks.demo import run_demo
+    from flowruns_tools.demo import run_demo
 
     sys.exit(run_demo(runs=runs, database=database))
 
@@ -168,7 +168,7 @@ def bench() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the figures as JSON")
 def bench_models(sizes: str, transitions: int, as_json: bool) -> None:
     """In-process creates/s, transitions/s, deletes/s, read/count latency."""
-    from tasks.bench import run_models_bench
+    from flowruns_tools.bench import run_models_bench
 
     run_models_bench([int(s) for s in sizes.split(",") if s], transitions, as_json)
 
@@ -178,7 +178,7 @@ def bench_models(sizes: str, transitions: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def bench_limit(seconds: float, as_json: bool) -> None:
     """PostgreSQL's single-row commit rate on this machine: the physical ceiling."""
-    from tasks.bench import run_limit_bench
+    from flowruns_tools.bench import run_limit_bench
 
     run_limit_bench(seconds, as_json)
 
@@ -192,7 +192,7 @@ def bench_limit(seconds: float, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def bench_worker(concurrencies: str, runs: int, in_flight: int, redis_db: int, as_json: bool) -> None:
     """End to end: a foreign producer through Redis to a committed state and the result back."""
-    from tasks.bench import run_worker_bench
+    from flowruns_tools.bench import run_worker_bench
 
     sys.exit(run_worker_bench([int(c) for c in concurrencies.split(",") if c], runs, in_flight, redis_db, as_json))
 
@@ -217,7 +217,7 @@ def chaos(short: bool, as_json: bool, scenarios: tuple[str, ...], seed: int, red
     duplicate, drift or lost worker process."""
     from pathlib import Path
 
-    from tasks import chaos as harness
+    from flowruns_tools import chaos as harness
 
     unknown = [name for name in scenarios if name not in harness.SCENARIOS]
     if unknown:

@@ -33,10 +33,10 @@ from celery.result import AsyncResult
 
 import tasks
 import tasks.base
+from flowruns_tools.chaos.producer import publish_raw
 from models import database
 from models.orm import Base
 from tasks.base import FollowUp
-from tasks.chaos.producer import publish_raw
 
 REDIS_URL = os.environ.get("FLOWRUNS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER_URL = f"{REDIS_URL}/14"

@@ -8,7 +8,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from tasks import cpu_usage
+from flowruns_tools import cpu_usage
 from tasks.cli import main
 
 

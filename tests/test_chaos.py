@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tasks import chaos
+from flowruns_tools import chaos
 from tasks import deployments, flow_runs, flows, task_runs, work_queues
 from tests.celery_support import REDIS_URL, _redis_available, apply, follow_ups, offline_app, ok, row_counts  # noqa: F401
 

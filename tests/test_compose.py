@@ -113,8 +113,11 @@ def test_image_build_copies_every_package_and_file_the_build_needs() -> None:
     import tomllib
 
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("models", "orchestration", "tasks"):
+    packages = ("models", "orchestration", "tasks", "flowruns_tools")
+    for package in packages:
         assert f"COPY {package} ./{package}" in dockerfile
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert {name.rstrip("*") for name in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]} == set(packages)
+    project = pyproject["project"]
     copied = next(line for line in dockerfile.splitlines() if line.startswith("COPY pyproject.toml")).split()[1:-1]
     assert {"pyproject.toml", project["readme"], *project["license-files"]} <= set(copied)

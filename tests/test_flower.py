@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tasks.chaos import free_port
+from flowruns_tools.chaos import free_port
 from tests.celery_support import BROKER_URL, REPOSITORY, RESULT_BACKEND, Worker, new_id, stop_process, worker  # noqa: F401
 
 pytest.importorskip("flower", reason="flower is not installed (pip install 'flowruns[monitor]')")

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from flowruns_tools.chaos.hostile_input import HAND_PICKED, HostileBody, generated_bodies
 from models.schemas.bounds import FILTER_VALUES_MAX, SHORT_TEXT_MAX_BYTES
 from tasks import flow_runs, flows, task_runs
 from tasks.base import FlowrunsTask
-from tasks.chaos.hostile_input import HAND_PICKED, HostileBody, generated_bodies
 from tests.celery_support import (  # noqa: F401
     Worker,
     apply,

@@ -20,7 +20,7 @@ def test_licence_changelog_and_type_markers_ship() -> None:
     assert "Apache License" in (REPOSITORY / "LICENSE").read_text() and PYPROJECT["project"]["license"] == "Apache-2.0"
     assert "## [Unreleased]" in (REPOSITORY / "CHANGELOG.md").read_text()
     package_data = PYPROJECT["tool"]["setuptools"]["package-data"]
-    for package in ("models", "orchestration", "tasks"):
+    for package in ("models", "orchestration", "tasks", "flowruns_tools"):
         assert (REPOSITORY / package / "py.typed").exists()
         assert "py.typed" in package_data[package]
 

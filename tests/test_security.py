@@ -22,14 +22,14 @@ import redis
 from celery import Celery
 from sqlalchemy.engine import make_url
 
-from tasks.chaos import RedisServer, WorkerProcess, free_port, worker_env
+from flowruns_tools.chaos import RedisServer, WorkerProcess, free_port, worker_env
 from tests.celery_support import REPOSITORY, RESULT_SECONDS, Worker, new_id, row_counts, worker  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres_only]
 
 DATABASE_SECRET = f"db-secret-{uuid.uuid4().hex[:12]}"
 REDIS_SECRET = f"redis-secret-{uuid.uuid4().hex[:12]}"
-SOURCE_PACKAGES = ("models", "orchestration", "tasks")
+SOURCE_PACKAGES = ("models", "orchestration", "tasks", "flowruns_tools")
 
 
 # ------------------------------------------------------------------------------- JSON only

@@ -18,7 +18,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from tasks.chaos.checks import (
+from flowruns_tools.chaos.checks import (
     ScenarioResult,
     SlotMonitor,
     apply_slot_reading,
@@ -27,8 +27,8 @@ from tasks.chaos.checks import (
     read_recorded,
     verify_lifecycles,
 )
-from tasks.chaos.producer import RESEND_AFTER_SECONDS, Driver
-from tasks.chaos.services import (
+from flowruns_tools.chaos.producer import RESEND_AFTER_SECONDS, Driver
+from flowruns_tools.chaos.services import (
     DEFAULT_PG_PORT,
     DEFAULT_REDIS_DB,
     DEFAULT_REDIS_PORT,
@@ -47,7 +47,7 @@ from tasks.chaos.services import (
     say,
     worker_env,
 )
-from tasks.chaos.workload import Lifecycles
+from flowruns_tools.chaos.workload import Lifecycles
 
 VISIBILITY_TIMEOUT_SECONDS = 5
 """Fault runs use a short visibility timeout, so a dead worker's messages come back quickly."""

@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.chaos.bad_input import bad_input
-from tasks.chaos.checks import ScenarioResult
-from tasks.chaos.hostile_input import hostile_input
-from tasks.chaos.scenarios import Options, duplicate_delivery, postgres_restart, redis_restart, worker_sigkill
-from tasks.chaos.services import ChaosSetupError, say
+from flowruns_tools.chaos.bad_input import bad_input
+from flowruns_tools.chaos.checks import ScenarioResult
+from flowruns_tools.chaos.hostile_input import hostile_input
+from flowruns_tools.chaos.scenarios import Options, duplicate_delivery, postgres_restart, redis_restart, worker_sigkill
+from flowruns_tools.chaos.services import ChaosSetupError, say
 
 SCENARIOS: dict[str, Callable[[Options], ScenarioResult]] = {
     "worker-sigkill": worker_sigkill,

@@ -25,9 +25,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from flowruns_tools import cpu_usage
 from models import database, migrations
 from models.settings import get_settings
-from tasks import cpu_usage
 
 LATENCY_CALLS = 20
 COMMIT_RATE_SECONDS = 3.0
@@ -361,7 +361,7 @@ def run_limit_bench(seconds: float, as_json: bool) -> Report:
 
 # === bench worker =========================================================================
 # End to end through the broker. A separate section (the benches above measure in-process):
-# it reuses the chaos harness's worker process and foreign producer (`tasks.chaos`).
+# it reuses the chaos harness's worker process and foreign producer (`flowruns_tools.chaos`).
 
 WORKER_BENCH_SERIAL_RUNS = 100
 """Runs driven one request at a time first: the round trip of a lone request."""
@@ -370,7 +370,7 @@ WORKER_BENCH_SERIAL_RUNS = 100
 def run_worker_bench(concurrencies: list[int], runs: int, in_flight: int, redis_db: int, as_json: bool) -> int:
     """Transitions/s sustained and latency percentiles with `concurrencies` worker processes, each figure
     also as a fraction of this server's single-row commit rate (measured as `bench limit` does)."""
-    from tasks import chaos
+    from flowruns_tools import chaos
 
     settings = get_settings()
     try:
@@ -413,7 +413,7 @@ def _single_row_commit_rate(url: str, seconds: float) -> float:
 
 def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int, in_flight: int,
                        commits_per_second: float) -> None:
-    from tasks import chaos
+    from flowruns_tools import chaos
 
     label = f"{concurrency} process{'es' if concurrency > 1 else ''}"
     settings = {"visibility_timeout": 1800, "task_retry_backoff_max_seconds": 60}

@@ -4,7 +4,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.chaos.producer import Driver, Request
+from flowruns_tools.chaos.producer import Driver, Request
 
 CREATE = "flow_runs.create_flow_run"
 SET_STATE = "flow_runs.set_flow_run_state"

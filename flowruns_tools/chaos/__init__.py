@@ -24,12 +24,12 @@ producer), `workload` (the batch), `checks` (slot monitor and verdict), `scenari
 `hostile_input`, `runner` (the command's table and exit status).
 """
 
-from tasks.chaos.bad_input import bad_input, bad_requests, generate
-from tasks.chaos.checks import ScenarioResult, SlotMonitor, SlotReading
-from tasks.chaos.hostile_input import HAND_PICKED, HostileBody, generated_bodies, hostile_input
-from tasks.chaos.producer import Driver, Request
-from tasks.chaos.runner import SCENARIOS, format_table, run_chaos, run_scenario
-from tasks.chaos.scenarios import (
+from flowruns_tools.chaos.bad_input import bad_input, bad_requests, generate
+from flowruns_tools.chaos.checks import ScenarioResult, SlotMonitor, SlotReading
+from flowruns_tools.chaos.hostile_input import HAND_PICKED, HostileBody, generated_bodies, hostile_input
+from flowruns_tools.chaos.producer import Driver, Request
+from flowruns_tools.chaos.runner import SCENARIOS, format_table, run_chaos, run_scenario
+from flowruns_tools.chaos.scenarios import (
     FULL,
     SHORT,
     VISIBILITY_TIMEOUT_SECONDS,
@@ -43,7 +43,7 @@ from tasks.chaos.scenarios import (
     worker_sigkill,
     world,
 )
-from tasks.chaos.services import (
+from flowruns_tools.chaos.services import (
     ChaosSetupError,
     PostgresCluster,
     RedisServer,

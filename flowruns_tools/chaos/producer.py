@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from tasks.chaos.services import RESULT_PREFIX, ChaosSetupError
+from flowruns_tools.chaos.services import RESULT_PREFIX, ChaosSetupError
 
 RESEND_AFTER_SECONDS = 20.0
 """The producer's own timeout: longer than a redelivery takes, so the broker recovers first."""

@@ -12,8 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from tasks.chaos.producer import Driver, Request
-from tasks.chaos.workload import CLEANUP, CREATE, Lifecycles
+from flowruns_tools.chaos.producer import Driver, Request
+from flowruns_tools.chaos.workload import CLEANUP, CREATE, Lifecycles
 
 MONITOR_SECONDS = 0.02
 """The slot monitor reads every limit this often."""

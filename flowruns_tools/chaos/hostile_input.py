@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.chaos.bad_input import generate
-from tasks.chaos.checks import ScenarioResult
-from tasks.chaos.producer import Request
-from tasks.chaos.scenarios import Options, World, _lifecycles, run_batch, world
-from tasks.chaos.services import say
+from flowruns_tools.chaos.bad_input import generate
+from flowruns_tools.chaos.checks import ScenarioResult
+from flowruns_tools.chaos.producer import Request
+from flowruns_tools.chaos.scenarios import Options, World, _lifecycles, run_batch, world
+from flowruns_tools.chaos.services import say
 
 Ids = dict[str, str]
 """`flow_id` and `run_id` of ordinary rows, so that only the hostile part of a body is wrong."""

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.chaos.checks import ScenarioResult
-from tasks.chaos.producer import Request
-from tasks.chaos.scenarios import Options, World, note_supervisor, table_counts, world
-from tasks.chaos.services import say
+from flowruns_tools.chaos.checks import ScenarioResult
+from flowruns_tools.chaos.producer import Request
+from flowruns_tools.chaos.scenarios import Options, World, note_supervisor, table_counts, world
+from flowruns_tools.chaos.services import say
 
 BOOL_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0", "t", "f", "y", "n"})
 SORTS = frozenset({"ID_DESC", "START_TIME_ASC", "START_TIME_DESC", "EXPECTED_START_TIME_ASC",
