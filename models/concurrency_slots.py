@@ -33,13 +33,17 @@ Limit = orm.ConcurrencyLimit
 Holding = orm.SlotHolding
 
 
-def acquire_slot(session: Session, limit_id: uuid.UUID, flow_run_id: uuid.UUID) -> uuid.UUID | None:
-    """Take one slot of the limit for the run; the holding (lease) id, or None when none is free.
+def acquire_slot(
+    session: Session, limit_id: uuid.UUID, flow_run_id: uuid.UUID, holding_id: uuid.UUID | None = None
+) -> uuid.UUID | None:
+    """Take one slot of the limit for the run; the holding (lease) id (`holding_id` if given), or
+    None when none is free.
 
     An inactive limit behaves as full. The caller makes sure the run holds no slot of this
     limit yet (a second holding would break the unique pair and fail the transaction).
     """
-    parameters = {"limit_id": limit_id, "holding_id": uuid.uuid4(), "run_id": flow_run_id, "now": now_utc()}
+    parameters = {"limit_id": limit_id, "holding_id": holding_id or uuid.uuid4(), "run_id": flow_run_id,
+                  "now": now_utc()}
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         return connection.execute(_acquire_statement(), parameters).scalar_one_or_none()
@@ -92,6 +96,11 @@ def run_keeps_its_slot() -> sa.ColumnElement[bool]:
     )
 
 
+def note_released(session: Session, count: int) -> None:
+    """Count slots a transition's own statement released (`slots_released` reports them)."""
+    session.info[_RELEASED] = slots_released(session) + count
+
+
 def slots_released(session: Session) -> int:
     """How many slots were released through this session (by any rule or function)."""
     return int(session.info.get(_RELEASED, 0))
@@ -118,7 +127,7 @@ def _release(session: Session, key: sa.ColumnElement[Any], value: uuid.UUID) -> 
     """Release the holdings whose `key` is `value`, counted in the session (`slots_released`)."""
     count = _delete_holdings(session, key, value)
     if count:
-        session.info[_RELEASED] = slots_released(session) + count
+        note_released(session, count)
     return count
 
 

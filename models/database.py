@@ -95,6 +95,7 @@ def dispose_engines() -> None:
         engine.dispose()
     _engines.clear()
     _session_factories.clear()
+    _autocommit_session_factory.cache_clear()
 
 
 @contextmanager
@@ -106,6 +107,47 @@ def unit_of_work(url: str | None = None) -> Iterator[Session]:
             yield session
     finally:
         session.close()
+
+
+@contextmanager
+def statement_unit(url: str | None = None) -> Iterator[Session]:
+    """A session whose statements each commit on their own (PostgreSQL autocommit), for work whose
+    every write is one atomic statement: a transition reads, then writes and commits in one round
+    trip. (`explicit_transaction` opens a transaction in it where several statements must hold
+    together.) On other databases, `unit_of_work`."""
+    engine = get_engine(url)
+    if engine.dialect.name != "postgresql":
+        with unit_of_work(url) as session:
+            yield session
+        return
+    session = _autocommit_session_factory(engine)()
+    try:
+        with session.begin():
+            yield session
+    finally:
+        session.close()
+
+
+@functools.cache
+def _autocommit_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+
+
+@contextmanager
+def explicit_transaction(session: Session) -> Iterator[None]:
+    """Several statements that must commit together: a transaction of their own when the session's
+    connection commits each statement (`statement_unit`); otherwise they are in the caller's already."""
+    connection = session.connection()
+    if not getattr(connection.connection.driver_connection, "autocommit", False):
+        yield
+        return
+    connection.exec_driver_sql("BEGIN")
+    try:
+        yield
+    except BaseException:
+        connection.exec_driver_sql("ROLLBACK")
+        raise
+    connection.exec_driver_sql("COMMIT")
 
 
 def held_instance(session: Session, model: type[InstanceT], primary_key: Any) -> InstanceT | None:

@@ -41,6 +41,10 @@ class DriverStatement:
     def __init__(self, statement: CoreStatement, dialect: Dialect) -> None:
         compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
         self.sql: str = str(compiled)
+        # Literal values in the statement (`x + 1`) are bound parameters with a value of their own.
+        self._literals: dict[str, Any] = {
+            name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required
+        }
         self._bind_processors: tuple[tuple[str, Processor], ...] = tuple(
             (name, processor)
             for name, bind in compiled.binds.items()
@@ -56,7 +60,7 @@ class DriverStatement:
         )
 
     def parameters(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        bound = dict(values)
+        bound = {**self._literals, **values} if self._literals else dict(values)
         for name, processor in self._bind_processors:
             if name in bound:
                 bound[name] = processor(bound[name])
@@ -79,6 +83,17 @@ def first(session: Session, statement: CoreStatement, values: Mapping[str, Any])
         return None if row is None else tuple(row)
     compiled = _compiled(statement, session.get_bind().dialect)
     return compiled.row(_execute(session.connection(), compiled, values).fetchone())
+
+
+def first_mapping(session: Session, statement: CoreStatement, values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`first`, as a mapping of the statement's column names (its labels) to values."""
+    row = first(session, statement, values)
+    return None if row is None else dict(zip(_column_names(statement), row))
+
+
+@functools.lru_cache(maxsize=1024)
+def _column_names(statement: CoreStatement) -> tuple[str, ...]:
+    return tuple(column.key for column in statement.exported_columns)
 
 
 def execute(session: Session, statement: CoreStatement, values: Mapping[str, Any]) -> None:

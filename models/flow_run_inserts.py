@@ -5,7 +5,7 @@ insert needed) costs more than the insert itself. So every column's value is dec
 defaults the ORM would apply included; one INSERT writes them, and the same values make the
 instance the session then holds as if it had loaded it (no second round trip). On PostgreSQL a
 run created with a state is not inserted here: its row goes in the statement that writes its
-first state (`models.transition_sql`, `LockedRun.unsaved`).
+first state (`models.transition_sql`, `RunSnapshot.new_row`).
 """
 
 import functools

@@ -18,7 +18,7 @@ from models.schemas.actions import FlowRunCreate, FlowRunUpdate
 from models.schemas.core import FlowRun
 from models.schemas.responses import OrchestrationResult
 from models.schemas.states import State, StateType
-from models.transition_sql import FLOW_RUNS, LockedRun, lock_flow_run, save_unsaved_run
+from models.transitions import transition_service
 from models.types import now_utc
 from models.work_queues import resolve_work_queue
 
@@ -70,7 +70,7 @@ def create_flow_run(
 
     idempotent = bool(flow_run.idempotency_key)
     if flow_run.state is not None and not idempotent and dialect_name(session) == "postgresql":
-        # Its INSERT goes with the first state's, in one statement (see `LockedRun.unsaved`).
+        # Its INSERT goes with the first state's, in one statement.
         row: dict[str, Any] | None = new_run_row(values, idempotent)
         unsaved = True
     else:
@@ -88,14 +88,9 @@ def create_flow_run(
     if queue is not None or run.work_queue_id is None:
         set_committed_value(run, "work_queue", queue)  # known: no lazy load when it is read
     if flow_run.state is not None:
-        from orchestration.context import proposed_state_from
-
-        # The run is this transaction's own (no one else can see it yet): no lock to take. The
-        # rules work on a plain copy; the writes keep the session's instance in step.
-        proposed = proposed_state_from(flow_run.state)
-        locked = LockedRun(row, None, unsaved=unsaved)
-        _orchestrate(session, locked, None, proposed, {}, None, orchestration_parameters, None)
-        save_unsaved_run(session, FLOW_RUNS, locked)  # a proposal that wrote nothing
+        # The run is this transaction's own (no one else can see it yet): nothing to read or
+        # compare. The rules work on a snapshot of it; the write keeps the session's instance in step.
+        transition_service().set_new_flow_run_state(session, row, flow_run.state, unsaved, orchestration_parameters)
     return run
 
 
@@ -191,82 +186,20 @@ def set_flow_run_state(
     orchestration_parameters: dict[str, Any] | None = None,
     client_version: str | None = None,
 ) -> OrchestrationResult:
-    """Propose a state for the run under its row lock; the policy decides what is written.
+    """Propose a state for the run; the policy decides what is written.
 
-    `state` is a `State`, `StateCreate` or dict; its timestamp is taken once the lock is held.
-    The minimal policy applies when `force` is set or no policy is given. Raises
-    `ObjectNotFoundError` for an unknown run; a rule's error is re-raised.
+    `state` is a `State`, `StateCreate` or dict. The minimal policy applies when `force` is set or
+    no policy is given. Raises `ObjectNotFoundError` for an unknown run; a rule's error is
+    re-raised. The run is read without a lock and the write applies only if it has not moved on
+    since (otherwise it is read and decided again), so history stays linear and no lock is held
+    while the rules run (`orchestration.service`).
     """
-    from orchestration.context import proposed_state_from
-
-    proposed = proposed_state_from(state)
-    transition_id = proposed.state_details.transition_id
-    run, initial_state, lookups = _lock_for_orchestration(session, flow_run_id, transition_id)
-    return _orchestrate(
-        session, run, initial_state, proposed, lookups, None if force else flow_policy,
-        orchestration_parameters, client_version,
+    transition = transition_service().set_flow_run_state(
+        session, flow_run_id, state, force=force, flow_policy=flow_policy,
+        orchestration_parameters=orchestration_parameters, client_version=client_version,
     )
-
-
-def _orchestrate(
-    session: Session,
-    run: Any,
-    initial_state: State | None,
-    proposed: State,
-    lookups: dict[str, Any],
-    flow_policy: Any,
-    orchestration_parameters: dict[str, Any] | None,
-    client_version: str | None,
-) -> OrchestrationResult:
-    """Govern the proposal for a run the caller holds (locked, or created by this transaction);
-    the minimal policy when no policy is given."""
-    from orchestration.context import FlowOrchestrationContext
-    from orchestration.engine import orchestrate
-    from orchestration.global_policy import GlobalFlowPolicy
-    from orchestration.policies import MinimalFlowPolicy
-
-    proposed.timestamp = now_utc()  # under the lock: history order is commit order
-    context = FlowOrchestrationContext(
-        session=session,
-        run=run,
-        initial_state=initial_state,
-        proposed_state=proposed,
-        parameters=dict(orchestration_parameters or {}),
-        client_version=client_version,
-        lookups=lookups,
-    )
-    return orchestrate(context, flow_policy or MinimalFlowPolicy, GlobalFlowPolicy)
-
-
-def _lock_for_orchestration(
-    session: Session, flow_run_id: uuid.UUID, transition_id: uuid.UUID | None
-) -> tuple[Any, State | None, dict[str, Any]]:
-    """Lock the run; its current state, and what the lock read for the rules (its deployment,
-    whether the transition id was used), as the context's lookups.
-
-    A run the session already holds as an ORM instance is locked and refreshed through the ORM,
-    so that instance stays the one truth in the session; otherwise the run is read with Core
-    into a `LockedRun` (the fast path: no identity map, no eager loads).
-    """
-    from orchestration.context import locked_current_state, state_from_row
-
-    if session.autoflush:
-        session.flush()  # as an ORM query would: pending changes are visible to the rules
-    if held_instance(session, orm.FlowRun, flow_run_id) is not None:
-        run = read_flow_run(session, flow_run_id, for_update=True)
-        if run is None:
-            raise ObjectNotFoundError(f"flow_run_id: no flow run with id {flow_run_id}")
-        return run, locked_current_state(session, run), {}
-    locked = lock_flow_run(session, flow_run_id, transition_id)
-    if locked is None:
-        raise ObjectNotFoundError(f"flow_run_id: no flow run with id {flow_run_id}")
-    run = locked.run
-    lookups: dict[str, Any] = {}
-    if locked.deployment_slot is not None:
-        lookups["deployment_slot"] = locked.deployment_slot
-    if transition_id is not None and locked.transition_made is not None:
-        lookups["transitions_made"] = {transition_id: locked.transition_made}
-    return run, state_from_row(run.state) if run.state is not None else None, lookups
+    assert transition.result is not None
+    return transition.result
 
 
 def cleanup_flow_run_concurrency_slots(session: Session, flow_run: Any) -> None:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from models import driver_sql, orm
-from models.transition_sql import STATE_COLUMNS, StateRecord
+from models.run_snapshots import StateRecord
 from models.types import now_utc
 
 
@@ -81,4 +81,4 @@ def _read_statement() -> sa.Select[Any]:
         .limit(sa.bindparam("newest"))  # bound by name: driver_sql passes only the values given
         .scalar_subquery()
     )
-    return sa.select(*(state.c[name] for name in STATE_COLUMNS)).where(state.c.id == newest)
+    return sa.select(*(state.c[name] for name in StateRecord.FIELDS)).where(state.c.id == newest)

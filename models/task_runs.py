@@ -1,18 +1,20 @@
 """Task runs: the steps inside a flow run, with their own states."""
 
-import functools
 import uuid
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from models import driver_sql, orm
-from models.database import dialect_insert, held_instance
+from models import orm
+from models.database import dialect_insert
 from models.errors import ObjectNotFoundError
 from models.schemas.actions import TaskRunCreate
 from models.schemas.core import TaskRun
-from models.transition_sql import STATE_COLUMNS, StateRecord, lock_task_run
+from models.schemas.responses import OrchestrationResult
+from models.schemas.states import StateType
+from models.transitions import transition_service
 from models.types import now_utc
 
 _NOT_INSERTED = ("state", "created", "updated", "estimated_run_time", "estimated_start_time_delta")
@@ -51,9 +53,7 @@ def create_task_run(
     ).scalar_one() if created_id is None else session.get(orm.TaskRun, created_id)
     assert row is not None
     if created_id is not None and task_run.state is not None:
-        set_task_run_state(
-            session, row.id, task_run.state, force=True, orchestration_parameters=orchestration_parameters
-        )
+        transition_service().set_new_task_run_state(session, row, task_run.state, orchestration_parameters)
     return row
 
 
@@ -68,79 +68,35 @@ def set_task_run_state(
     force: bool = False,
     task_policy: Any = None,
     orchestration_parameters: dict[str, Any] | None = None,
-) -> Any:
-    """Propose a state for the task run under its row lock; returns an `OrchestrationResult`.
+) -> OrchestrationResult:
+    """Propose a state for the task run; the policy decides what is written. Returns an
+    `OrchestrationResult`.
 
-    `state` is a `State`, `StateCreate` or dict; its timestamp is taken once the lock is held.
-    The minimal task policy applies when `force` is set or no policy is given (the wire task
-    passes `CoreTaskPolicy`); the global task transforms keep the run's times and counts either
-    way. Raises `ObjectNotFoundError` for an unknown id.
+    `state` is a `State`, `StateCreate` or dict. The minimal task policy applies when `force` is
+    set or no policy is given; the global task transforms keep the run's times and counts. Raises
+    `ObjectNotFoundError` for an unknown id. The write applies only if the run has not moved on
+    since it was read (otherwise it is read and decided again): no lock is held while rules run.
     """
-    from orchestration.context import (
-        TaskOrchestrationContext,
-        locked_current_state,
-        proposed_state_from,
-        state_from_row,
+    transition = transition_service().set_task_run_state(
+        session, task_run_id, state, force=force, task_policy=task_policy,
+        orchestration_parameters=orchestration_parameters,
     )
-    from orchestration.engine import orchestrate
-    from orchestration.task_policy import GlobalTaskPolicy, MinimalTaskPolicy
-
-    proposed = proposed_state_from(state)
-    if session.autoflush:
-        session.flush()  # as an ORM query would: pending changes are visible to the rules
-    run: Any
-    if held_instance(session, orm.TaskRun, task_run_id) is not None:
-        # the session's instance stays the one truth: lock and refresh it through the ORM
-        run = session.execute(
-            sa.select(orm.TaskRun)
-            .where(orm.TaskRun.id == task_run_id)
-            .with_for_update(of=orm.TaskRun)
-            .execution_options(populate_existing=True)
-        ).unique().scalar_one_or_none()
-        initial_state = locked_current_state(session, run) if run is not None else None
-    else:
-        run = lock_task_run(session, task_run_id)
-        initial_state = state_from_row(run.state) if run is not None and run.state is not None else None
-    if run is None:
-        raise ObjectNotFoundError(f"task_run_id: no task run with id {task_run_id}")
-    proposed.timestamp = now_utc()  # under the lock: history order is commit order
-    context = TaskOrchestrationContext(
-        session=session,
-        run=run,
-        initial_state=initial_state,
-        proposed_state=proposed,
-        parameters=dict(orchestration_parameters or {}),
-    )
-    policy = MinimalTaskPolicy if force or task_policy is None else task_policy
-    return orchestrate(context, policy, GlobalTaskPolicy)
+    assert transition.result is not None
+    return transition.result
 
 
-class EnclosingFlowRun(NamedTuple):
-    """What the task-run rules read of the flow run a task run belongs to."""
-
-    id: uuid.UUID
-    run_count: int
-    state: StateRecord | None
-
-
-def read_enclosing_flow_run(session: Session, flow_run_id: uuid.UUID) -> EnclosingFlowRun | None:
-    """The flow run with its current state, unlocked; None if it is gone.
-
-    Runs on the session's connection (no autoflush): it is read in the middle of a task-run
-    transition, while the task run may be dirty in the session.
-    """
-    row = driver_sql.first(session, _enclosing_flow_run_statement(), {"flow_run_id": flow_run_id})
-    if row is None:
-        return None
-    state = row[2:]
-    return EnclosingFlowRun(row[0], row[1], StateRecord(*state) if state[0] is not None else None)
+def failed_task_run_ids(session: Session, flow_run_id: uuid.UUID) -> list[uuid.UUID]:
+    """The task runs of the flow run that are FAILED."""
+    return list(session.execute(
+        sa.select(orm.TaskRun.id).where(orm.TaskRun.flow_run_id == flow_run_id,
+                                        orm.TaskRun.state_type == StateType.FAILED)
+    ).scalars())
 
 
-@functools.cache
-def _enclosing_flow_run_statement() -> sa.Select[Any]:
-    run, state = orm.FlowRun.__table__, orm.FlowRunState.__table__
-    return (
-        sa.select(run.c.id, run.c.run_count, *(state.c[name] for name in STATE_COLUMNS))
-        .select_from(run.outerjoin(state, state.c.id == run.c.state_id))
-        .where(run.c.id == sa.bindparam("flow_run_id"))
-    )
+def reset_run_counts(session: Session, task_run_ids: Sequence[uuid.UUID]) -> None:
+    """Start the task runs' attempt counts again (their retries begin anew)."""
+    if task_run_ids:
+        session.execute(
+            sa.update(orm.TaskRun).where(orm.TaskRun.id.in_(task_run_ids)).values(run_count=0)
+            .execution_options(synchronize_session="fetch")
+        )

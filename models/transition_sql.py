@@ -1,55 +1,65 @@
-"""The SQL of a transition, in SQLAlchemy Core: lock a run with its current state, then write
-the new state and the run columns the transition changed.
+"""The SQL of a transition: read a run's snapshot without a lock, then write the outcome in one
+statement that applies it only if the run still points at the state the snapshot saw.
 
-Every state change runs through here, so it stays off the ORM's unit of work: statements are
-built once with bound parameters (SQLAlchemy caches their compiled form and psycopg prepares
-them), the locked run is a plain `LockedRun` rather than an identity-mapped instance, and only
-the columns that changed are written. When the caller's session already holds the run as an
-ORM instance, `models.flow_runs` locks that instance instead and the writes below keep it in
-step (see `orchestration.context`).
+The read (one statement) brings what the rules need: the run's bookkeeping and current state,
+for a flow run its deployment's limit, the run's holdings and whether its history already has
+the proposal's transition id, for a task run its flow run; and, for the worker, the request's
+inbox record.
 
-A flow run is locked with, in the same statement, what the rules would otherwise ask in queries
-of their own: the deployment's limit and the run's holdings (slots), and whether the history
-already has the proposal's transition id (replays). That prefetch is only trusted when the
-current state joined to the run is the one the run points at: on PostgreSQL a `SELECT ... FOR
-UPDATE` that waited for another transition returns the run as that transition committed it but
-the joined rows as they were when the statement started. Every written transition moves
-`state_id`, and holdings and states are only written under the run's lock, so a matching state
-means what was read is still the truth; otherwise the state is read again and the rest is
-looked up on demand, as before.
+On PostgreSQL the write is one statement: the run's UPDATE (or, when no column changes, a locking
+SELECT) carries the compare-and-set on `state_id`, and every other part — the new state, the slot
+taken or given back, the cache entry, the inbox row — only happens when that matched. So the run's
+row is locked for that one statement, not while the rules run. When the compare-and-set matched
+but a slot it needed was taken meanwhile, or a copy of the request recorded first, the statement
+raises a serialization failure (`flowruns_transition_conflict`, migration 0005) so that nothing
+of it stays; either way the caller reads and decides again. Run in autocommit mode, the
+statement is also the commit.
+
+SQLite's transactions hold the database's write lock from their first statement (BEGIN
+IMMEDIATE): the snapshot cannot go stale, and the write is a few plain statements.
 """
 
 import dataclasses
-import datetime
 import functools
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from models import driver_sql, orm
-from models.database import table_insert
-from models.schemas.core import ConcurrencyLimitStrategy, ConcurrencyOptions
-from models.schemas.states import StateDetails, StateType
+from models.concurrency_slots import acquire_slot, release_flow_run_slots
+from models.database import dialect_name, held_instance, insert_for_dialect, table_insert
+from models.requests import Recorded, record_outcome
+from models.run_snapshots import (
+    DeploymentSlot,
+    EnclosingFlowRun,
+    FlowRunSnapshot,
+    RunSnapshot,
+    StateRecord,
+    TaskRunSnapshot,
+    TransitionWrite,
+    WriteResult,
+)
+from models.task_run_state_cache import cache_key_digest, insert_cache_entry
+from models.types import Timestamp, now_utc
 
-STATE_COLUMNS = ("id", "type", "name", "timestamp", "message", "state_details", "data")
-"""The columns of a stored state that make up its `State` (besides its run and bookkeeping)."""
+CONFLICT_FUNCTION = "flowruns_transition_conflict"
+"""Raises SQLSTATE 40001 when its argument is true (created by migration 0005)."""
+CONFLICT_SQLSTATE = "40001"
 
 
 @dataclasses.dataclass(frozen=True)
 class RunTables:
-    """A kind of run: its table, its states' table, and the run columns a transition touches."""
+    """A kind of run: its table, its states' table, and the columns the rules read but never change."""
 
     run_class: type[orm.FlowRun] | type[orm.TaskRun]
     state_class: type[orm.FlowRunState] | type[orm.TaskRunState]
     state_run_key: str
     """The state's column naming its run."""
     read_columns: tuple[str, ...]
-    """Run columns the rules read but never change."""
-    written_columns: tuple[str, ...]
-    """Run columns a transition may change (the bookkeeping the rules and transforms keep)."""
+    snapshot_class: type[FlowRunSnapshot] | type[TaskRunSnapshot]
 
     @property
     def run(self) -> sa.Table:
@@ -59,196 +69,337 @@ class RunTables:
     def state(self) -> sa.Table:
         return self.state_class.__table__  # type: ignore[return-value]
 
+    @property
+    def snapshot_columns(self) -> tuple[str, ...]:
+        return (*self.read_columns, *self.snapshot_class.WRITTEN)
 
-_BOOKKEEPING = (
-    "state_id",
-    "state_type",
-    "state_name",
-    "state_timestamp",
-    "run_count",
-    "expected_start_time",
-    "next_scheduled_start_time",
-    "start_time",
-    "end_time",
-    "total_run_time",
-    "empirical_policy",
-)
 
 FLOW_RUNS = RunTables(
     run_class=orm.FlowRun,
     state_class=orm.FlowRunState,
     state_run_key="flow_run_id",
     read_columns=("id", "deployment_id", "parent_task_run_id", "infrastructure_pid"),
-    written_columns=_BOOKKEEPING,
+    snapshot_class=FlowRunSnapshot,
 )
 TASK_RUNS = RunTables(
     run_class=orm.TaskRun,
     state_class=orm.TaskRunState,
     state_run_key="task_run_id",
     read_columns=("id", "flow_run_id"),
-    written_columns=(*_BOOKKEEPING, "flow_run_run_count"),
+    snapshot_class=TaskRunSnapshot,
 )
 
-
-class StateRecord(NamedTuple):
-    """A stored state as read with its run (what `orchestration.context.state_from_row` takes)."""
-
-    id: uuid.UUID
-    type: StateType
-    name: str
-    timestamp: datetime.datetime
-    message: str | None
-    state_details: StateDetails
-    data: Any
+_requests: sa.Table = orm.ProcessedRequest.__table__  # type: ignore[assignment]
+_limits: sa.Table = orm.ConcurrencyLimit.__table__  # type: ignore[assignment]
+_holdings: sa.Table = orm.SlotHolding.__table__  # type: ignore[assignment]
+_cache: sa.Table = orm.TaskRunStateCache.__table__  # type: ignore[assignment]
 
 
-class LockedRun:
-    """A run read under its row lock: the columns the rules read and change, as attributes, and
-    its current state as `state`. Not identity-mapped: `write_transition` and `update_run` are
-    what persist it.
-
-    `unsaved`: a run this transaction creates, with every column among its values, whose INSERT
-    waits for its first write (it goes in the same statement as its first state), or for
-    `save_unsaved_run` when no write came."""
-
-    state: StateRecord | None
-    unsaved: bool
-
-    def __init__(self, values: Mapping[str, Any], state: StateRecord | None, unsaved: bool = False) -> None:
-        self.__dict__.update(values)
-        self.state = state
-        self.unsaved = unsaved
-
-    def __repr__(self) -> str:
-        return f"LockedRun(id={self.__dict__.get('id')!r}, state_type={self.__dict__.get('state_type')!r})"
+# -- reading ----------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class DeploymentSlot:
-    """What the slot rules need to know about a run's deployment: whether it exists, its limit
-    (None: no limit) and collision options, the run's holding of that limit, and how many
-    holdings the run has in all (None: not known)."""
-
-    found: bool = False
-    limit_id: uuid.UUID | None = None
-    limit: int = 0
-    active_slots: int = 0
-    concurrency_options: ConcurrencyOptions | None = None
-    holding_id: uuid.UUID | None = None
-    holdings: int | None = None
-
-    @property
-    def collision_strategy(self) -> ConcurrencyLimitStrategy:
-        options = self.concurrency_options
-        return options.collision_strategy if options is not None else ConcurrencyLimitStrategy.ENQUEUE
+def _anchor() -> sa.Subquery:
+    """A one-row table to outer-join everything to: the inbox answers even when the run is gone."""
+    return sa.select(sa.literal_column("1").label("one")).subquery("anchor")
 
 
-class LockedFlowRun(NamedTuple):
-    run: LockedRun
-    deployment_slot: DeploymentSlot | None
-    """Prefetched with the lock; None when it has to be looked up (the lock was contended)."""
-    transition_made: bool | None
-    """Whether a state of the run carries the transition id asked about; None: not known."""
-
-
-# -- statements (built once) ------------------------------------------------------------------
-
-
-def _state_columns(tables: RunTables) -> list[sa.ColumnElement[Any]]:
-    return [tables.state.c[name].label(f"state__{name}") for name in STATE_COLUMNS]
-
-
-def _run_columns(tables: RunTables) -> list[sa.ColumnElement[Any]]:
-    return [tables.run.c[name] for name in (*tables.read_columns, *tables.written_columns)]
+def _run_and_state(tables: RunTables, anchor: sa.Subquery) -> tuple[list[sa.ColumnElement[Any]], sa.FromClause]:
+    run, state = tables.run, tables.state
+    columns = [run.c[name].label(f"run__{name}") for name in tables.snapshot_columns]
+    columns += [state.c[name].label(f"state__{name}") for name in StateRecord.FIELDS]
+    columns += [_requests.c.name.label("inbox__name"), _requests.c.outcome.label("inbox__outcome"),
+                _requests.c.task_id.label("inbox__task_id")]
+    joined = (
+        anchor.outerjoin(run, run.c.id == sa.bindparam("run_id", type_=sa.Uuid()))
+        .outerjoin(state, state.c.id == run.c.state_id)
+        .outerjoin(_requests, _requests.c.task_id == sa.bindparam("task_id", type_=sa.String()))
+    )
+    return columns, joined
 
 
 @functools.cache
-def _lock_flow_run_statement() -> sa.Select[Any]:
-    run, state = FLOW_RUNS.run, FLOW_RUNS.state
-    deployment = orm.Deployment.__table__
-    limit = orm.ConcurrencyLimit.__table__
-    holding = orm.SlotHolding.__table__
-    all_holdings = holding.alias("all_holdings")
-    holdings = (
-        sa.select(sa.func.count()).where(all_holdings.c.flow_run_id == run.c.id).scalar_subquery()
-    )
-    history = state.alias("history")
+def _read_flow_run_statement() -> sa.Select[Any]:
+    run, history = FLOW_RUNS.run, FLOW_RUNS.state.alias("history")
+    deployment: sa.Table = orm.Deployment.__table__  # type: ignore[assignment]
+    all_holdings = _holdings.alias("all_holdings")
+    columns, joined = _run_and_state(FLOW_RUNS, _anchor())
+    holdings = sa.select(sa.func.count()).where(all_holdings.c.flow_run_id == run.c.id).scalar_subquery()
     transition_made = sa.exists().where(
         history.c.flow_run_id == run.c.id,
         history.c.transition_id == sa.bindparam("transition_id", type_=sa.Uuid()),
     )
-    return (
-        sa.select(
-            *_run_columns(FLOW_RUNS),
-            *_state_columns(FLOW_RUNS),
-            deployment.c.id.label("slot_deployment_id"),
-            limit.c.id.label("slot_limit_id"),
-            limit.c.limit.label("slot_limit"),
-            limit.c.active_slots.label("slot_active_slots"),
-            deployment.c.concurrency_options.label("slot_concurrency_options"),
-            holding.c.id.label("slot_holding_id"),
-            holdings.label("slot_holdings"),
-            transition_made.label("transition_made"),
+    columns += [
+        deployment.c.id.label("slot__deployment_id"),
+        _limits.c.id.label("slot__limit_id"),
+        _limits.c.limit.label("slot__limit"),
+        _limits.c.active.label("slot__active"),
+        _limits.c.active_slots.label("slot__active_slots"),
+        deployment.c.concurrency_options.label("slot__concurrency_options"),
+        _holdings.c.id.label("slot__holding_id"),
+        holdings.label("slot__holdings"),
+        transition_made.label("transition_made"),
+    ]
+    joined = (
+        joined.outerjoin(deployment, deployment.c.id == run.c.deployment_id)
+        .outerjoin(_limits, _limits.c.id == deployment.c.concurrency_limit_id)
+        .outerjoin(_holdings, sa.and_(_holdings.c.concurrency_limit_id == _limits.c.id,
+                                      _holdings.c.flow_run_id == run.c.id))
+    )
+    return sa.select(*columns).select_from(joined)
+
+
+@functools.cache
+def _read_task_run_statement() -> sa.Select[Any]:
+    run = TASK_RUNS.run
+    flow_run, flow_state = FLOW_RUNS.run.alias("flow_run"), FLOW_RUNS.state.alias("flow_state")
+    columns, joined = _run_and_state(TASK_RUNS, _anchor())
+    columns += [
+        flow_run.c.id.label("flow__id"),
+        flow_run.c.run_count.label("flow__run_count"),
+        flow_state.c.type.label("flow__state_type"),
+        flow_state.c.state_details.label("flow__state_details"),
+    ]
+    joined = (
+        joined.outerjoin(flow_run, flow_run.c.id == run.c.flow_run_id)
+        .outerjoin(flow_state, flow_state.c.id == flow_run.c.state_id)
+    )
+    return sa.select(*columns).select_from(joined)
+
+
+def _prefixed(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {key[len(prefix):]: value for key, value in row.items() if key.startswith(prefix)}
+
+
+def _state_record(row: dict[str, Any]) -> StateRecord | None:
+    values = _prefixed(row, "state__")
+    return StateRecord(**values) if values["id"] is not None else None
+
+
+def _recorded(row: dict[str, Any]) -> Recorded | None:
+    if row["inbox__task_id"] is None:
+        return None
+    return Recorded(row["inbox__name"], row["inbox__outcome"])
+
+
+def read_flow_run_snapshot(
+    session: Session, flow_run_id: uuid.UUID, transition_id: uuid.UUID | None, task_id: str | None = None
+) -> tuple[FlowRunSnapshot | None, Recorded | None]:
+    """The flow run as it is now (None if there is no such run), and the inbox record of `task_id`."""
+    parameters = {"run_id": flow_run_id, "transition_id": transition_id, "task_id": task_id}
+    row = driver_sql.first_mapping(session, _read_flow_run_statement(), parameters)
+    assert row is not None  # the anchor always yields a row
+    if row["run__id"] is None:
+        return None, _recorded(row)
+    slot = _prefixed(row, "slot__")
+    deployment_slot = DeploymentSlot(
+        found=slot["deployment_id"] is not None,
+        limit_id=slot["limit_id"],
+        limit=slot["limit"] or 0,
+        active=bool(slot["active"]) if slot["limit_id"] is not None else True,
+        active_slots=slot["active_slots"] or 0,
+        concurrency_options=slot["concurrency_options"],
+        holding_id=slot["holding_id"],
+        holdings=slot["holdings"] or 0,
+    )
+    snapshot = FlowRunSnapshot(
+        **_prefixed(row, "run__"),
+        state=_state_record(row),
+        deployment_slot=deployment_slot,
+        transition_made=bool(row["transition_made"]),
+    )
+    return snapshot, _recorded(row)
+
+
+def read_task_run_snapshot(
+    session: Session, task_run_id: uuid.UUID, task_id: str | None = None
+) -> tuple[TaskRunSnapshot | None, Recorded | None]:
+    """The task run as it is now, with its flow run (None if there is no such task run), and the
+    inbox record of `task_id`. The cache is looked up apart, only for a proposal that asks."""
+    row = driver_sql.first_mapping(session, _read_task_run_statement(), {"run_id": task_run_id, "task_id": task_id})
+    assert row is not None
+    if row["run__id"] is None:
+        return None, _recorded(row)
+    flow = _prefixed(row, "flow__")
+    enclosing = None if flow["id"] is None else EnclosingFlowRun(**flow)
+    snapshot = TaskRunSnapshot(**_prefixed(row, "run__"), state=_state_record(row), flow_run=enclosing,
+                               cached_state=None)
+    return snapshot, _recorded(row)
+
+
+def new_flow_run_snapshot(row: dict[str, Any], write_with_first_state: bool) -> FlowRunSnapshot:
+    """The snapshot of a run this transaction creates (every column's value in `row`, no state).
+    `write_with_first_state`: it is not inserted yet; its INSERT goes with its first state."""
+    values = {name: row[name] for name in FLOW_RUNS.snapshot_columns}
+    return FlowRunSnapshot(**values, state=None, deployment_slot=DeploymentSlot(), transition_made=False,
+                           new_row=row if write_with_first_state else None)
+
+
+def new_task_run_snapshot(row: Any) -> TaskRunSnapshot:
+    """The snapshot of a task run this transaction created (an ORM row or mapping, no state)."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+    values = {name: get(name) for name in TASK_RUNS.snapshot_columns}
+    return TaskRunSnapshot(**values, state=None, flow_run=None, cached_state=None)
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def write_transition(session: Session, tables: RunTables, write: TransitionWrite) -> WriteResult:
+    """Apply `write` if the run still points at `write.seen_state_id`; see the module docstring."""
+    if dialect_name(session) == "postgresql":
+        return _write_in_one_statement(session, tables, write)
+    return _write_in_the_transaction(session, tables, write)
+
+
+def is_conflict(error: BaseException) -> bool:
+    """Whether a database error is the write's own conflict (or any serialization failure)."""
+    return getattr(getattr(error, "orig", None), "sqlstate", None) == CONFLICT_SQLSTATE
+
+
+def _write_in_one_statement(session: Session, tables: RunTables, write: TransitionWrite) -> WriteResult:
+    if write.new_run is not None:
+        # A run this transaction creates: no one else can see it, nothing to compare.
+        statement = _insert_run_and_state_statement(tables) if write.state else table_insert(tables.run)
+        values = {f"run__{name}": value for name, value in write.new_run.items()} if write.state else write.new_run
+        if write.state:
+            values.update({f"state__{name}": write.state.get(name) for name in tables.state.c.keys()})
+        driver_sql.execute(session, statement, values)
+        return WriteResult(applied=True)
+    shape = _Shape(
+        tables=tables,
+        run_columns=tuple(sorted(write.run_changes)),
+        state=write.state is not None,
+        acquire=write.slots.acquire_limit_id is not None,
+        release=write.slots.release,
+        cache=write.cache_entry is not None,
+        inbox=write.inbox is not None,
+    )
+    row = driver_sql.first_mapping(session, _cas_statement(shape), _cas_parameters(tables, write))
+    assert row is not None
+    return WriteResult(applied=bool(row["applied"]), slots_released=int(row["released"] or 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """Which parts a compare-and-set statement has (one compiled statement per shape)."""
+
+    tables: RunTables
+    run_columns: tuple[str, ...]
+    state: bool
+    acquire: bool
+    release: bool
+    cache: bool
+    inbox: bool
+
+
+def _cas_parameters(tables: RunTables, write: TransitionWrite) -> dict[str, Any]:
+    now = now_utc()
+    values: dict[str, Any] = {"run_id": write.run_id, "seen_state_id": write.seen_state_id, "now": now}
+    values.update({f"run__{name}": value for name, value in write.run_changes.items()})
+    if write.state is not None:
+        values.update({f"state__{name}": write.state.get(name) for name in tables.state.c.keys()})
+    if write.slots.acquire_limit_id is not None:
+        values.update(limit_id=write.slots.acquire_limit_id, holding_id=write.slots.holding_id)
+    if write.cache_entry is not None:
+        entry = write.cache_entry
+        values.update(cache_id=uuid.uuid4(), cache_key=entry.cache_key, cache_key_digest=cache_key_digest(entry.cache_key),
+                      cache_expiration=entry.cache_expiration, cache_state_id=entry.task_run_state_id)
+    if write.inbox is not None:
+        values.update(task_id=write.inbox.task_id, task_name=write.inbox.name, outcome=write.inbox.outcome)
+    return values
+
+
+@functools.lru_cache(maxsize=512)
+def _cas_statement(shape: _Shape) -> sa.Select[Any]:
+    """The compare-and-set write of one shape (see the module docstring)."""
+    run, state = shape.tables.run, shape.tables.state
+    matches = sa.and_(
+        run.c.id == sa.bindparam("run_id", type_=sa.Uuid()),
+        run.c.state_id.is_not_distinct_from(sa.bindparam("seen_state_id", type_=sa.Uuid())),
+    )
+    if shape.run_columns:
+        changes = {name: sa.bindparam(f"run__{name}", type_=run.c[name].type) for name in shape.run_columns}
+        run_cas = sa.update(run).where(matches).values(changes).returning(run.c.id).cte("run_cas")
+    else:
+        run_cas = sa.select(run.c.id).where(matches).with_for_update().cte("run_cas")
+    matched = sa.exists(sa.select(run_cas.c.id))
+    now = sa.bindparam("now", type_=Timestamp())
+    ctes: list[sa.CTE] = [run_cas]
+    conflicts: list[sa.ColumnElement[bool]] = []
+    released_sum: sa.ColumnElement[Any] = sa.literal_column("0")
+    if shape.state:
+        values = [sa.bindparam(f"state__{name}", type_=column.type) for name, column in state.c.items()]
+        ctes.append(sa.insert(state).from_select(list(state.c.keys()), sa.select(*values).where(matched))
+                    .returning(state.c.id).cte("new_state"))
+    if shape.acquire:
+        taken = (
+            sa.update(_limits)
+            .where(_limits.c.id == sa.bindparam("limit_id", type_=sa.Uuid()), _limits.c.active,
+                   _limits.c.active_slots + 1 <= _limits.c.limit, matched)
+            .values(active_slots=_limits.c.active_slots + 1, updated=now)
+            .returning(_limits.c.id)
+            .cte("slot_taken")
         )
-        .select_from(
-            run.outerjoin(state, state.c.id == run.c.state_id)
-            .outerjoin(deployment, deployment.c.id == run.c.deployment_id)
-            .outerjoin(limit, limit.c.id == deployment.c.concurrency_limit_id)
-            .outerjoin(
-                holding,
-                sa.and_(holding.c.concurrency_limit_id == limit.c.id, holding.c.flow_run_id == run.c.id),
-            )
+        holding = sa.insert(_holdings).from_select(
+            ["id", "concurrency_limit_id", "flow_run_id", "acquired_at"],
+            sa.select(sa.bindparam("holding_id", type_=sa.Uuid()), taken.c.id,
+                      sa.bindparam("run_id", type_=sa.Uuid()), now),
+        ).returning(_holdings.c.id).cte("holding")
+        ctes += [taken, holding]
+        conflicts.append(~sa.exists(sa.select(holding.c.id)))
+    if shape.release:
+        released = (
+            sa.delete(_holdings)
+            .where(_holdings.c.flow_run_id == sa.bindparam("run_id", type_=sa.Uuid()), matched)
+            .returning(_holdings.c.concurrency_limit_id)
+            .cte("released")
         )
-        .where(run.c.id == sa.bindparam("run_id"))
-        .with_for_update(of=run)
-    )
-
-
-@functools.cache
-def _lock_run_statement(tables: RunTables) -> sa.Select[Any]:
-    run, state = tables.run, tables.state
-    return (
-        sa.select(*_run_columns(tables), *_state_columns(tables))
-        .select_from(run.outerjoin(state, state.c.id == run.c.state_id))
-        .where(run.c.id == sa.bindparam("run_id"))
-        .with_for_update(of=run)
-    )
-
-
-@functools.cache
-def _read_state_statement(tables: RunTables) -> sa.Select[Any]:
-    state = tables.state
-    return sa.select(*_state_columns(tables)).where(state.c.id == sa.bindparam("state_id"))
-
-
-@functools.cache
-def _update_run_statement(tables: RunTables) -> sa.Update:
-    # The SET clause comes from the parameters given (SQLAlchemy compiles and caches one form
-    # per set of columns), so only changed columns are written.
-    return sa.update(tables.run).where(tables.run.c.id == sa.bindparam("run_id"))
-
-
-@functools.lru_cache(maxsize=256)
-def _insert_state_and_update_run_statement(tables: RunTables, run_columns: tuple[str, ...]) -> sa.Update:
-    """PostgreSQL: `WITH new_state AS (INSERT ...) UPDATE run ...`, one round trip. The run's
-    foreign key to its state is checked at the end of the statement, when the state exists."""
-    state, run = tables.state, tables.run
-    insert = sa.insert(state).values(
-        {name: sa.bindparam(f"state__{name}", type_=column.type) for name, column in state.c.items()}
-    )
-    return (
-        sa.update(run)
-        .where(run.c.id == sa.bindparam("run_id"))
-        .values({name: sa.bindparam(f"run__{name}", type_=run.c[name].type) for name in run_columns})
-        .add_cte(insert.cte("new_state"))
-    )
+        counts = (sa.select(released.c.concurrency_limit_id, sa.func.count().label("released"))
+                  .group_by(released.c.concurrency_limit_id).cte("release_counts"))
+        slots = _limits.c.active_slots
+        decremented = (
+            sa.update(_limits)
+            .where(_limits.c.id == counts.c.concurrency_limit_id)
+            .values(active_slots=sa.case((slots > counts.c.released, slots - counts.c.released), else_=0),
+                    updated=now)
+            .returning(counts.c.released)
+            .cte("decremented")
+        )
+        ctes += [released, counts, decremented]
+        released_sum = sa.select(sa.func.coalesce(sa.func.sum(decremented.c.released), 0)).scalar_subquery()
+    if shape.cache:
+        entry = sa.select(
+            sa.bindparam("cache_id", type_=sa.Uuid()), now, now, sa.bindparam("cache_key", type_=sa.String()),
+            sa.bindparam("cache_key_digest", type_=sa.String()),
+            sa.bindparam("cache_expiration", type_=Timestamp()), sa.bindparam("cache_state_id", type_=sa.Uuid()),
+        ).where(matched)
+        ctes.append(sa.insert(_cache).from_select(
+            ["id", "created", "updated", "cache_key", "cache_key_digest", "cache_expiration", "task_run_state_id"],
+            entry,
+        ).returning(_cache.c.id).cte("cached"))
+    if shape.inbox:
+        record = sa.select(
+            sa.bindparam("task_id", type_=sa.String()), sa.bindparam("task_name", type_=sa.String()),
+            sa.bindparam("outcome", type_=_requests.c.outcome.type), now,
+        ).where(matched)
+        insert = insert_for_dialect("postgresql", _requests).from_select(["task_id", "name", "outcome", "created"], record)
+        inbox = insert.on_conflict_do_nothing(index_elements=["task_id"]).returning(_requests.c.task_id).cte("inbox")
+        ctes.append(inbox)
+        conflicts.append(~sa.exists(sa.select(inbox.c.task_id)))
+    applied = sa.select(sa.func.count()).select_from(run_cas).scalar_subquery()
+    conflict = sa.and_(applied == 1, sa.or_(*conflicts)) if conflicts else sa.false()
+    return sa.select(
+        applied.label("applied"),
+        released_sum.label("released"),
+        getattr(sa.func, CONFLICT_FUNCTION)(conflict, type_=sa.Boolean()).label("checked"),
+    ).add_cte(*ctes)
 
 
 @functools.cache
 def _insert_run_and_state_statement(tables: RunTables) -> sa.Insert:
     """PostgreSQL: `WITH new_run AS (INSERT run ...) INSERT state ...`, one round trip for a new
-    run and its first state; the two rows' foreign keys to each other are checked at the end of
-    the statement, when both exist."""
+    run and its first state; the rows' foreign keys to each other are checked at the end of the
+    statement, when both exist."""
     state, run = tables.state, tables.run
     insert_run = sa.insert(run).values(
         {name: sa.bindparam(f"run__{name}", type_=column.type) for name, column in run.c.items()}
@@ -260,126 +411,58 @@ def _insert_run_and_state_statement(tables: RunTables) -> sa.Insert:
     )
 
 
-# -- locking ----------------------------------------------------------------------------------
-
-
-# Rows are taken apart by position: the run's columns, then the state's, then (flow runs) the
-# deployment slot's, in the order the statements above select them.
-
-
-def _locked_run(session: Session, tables: RunTables, row: Sequence[Any]) -> tuple[LockedRun, bool]:
-    """The run of a locked row, and whether its joined state is the one it points at (if not, the
-    lock waited for another transition and the state is read again)."""
-    names = (*tables.read_columns, *tables.written_columns)
-    values = dict(zip(names, row))
-    state = row[len(names) : len(names) + len(STATE_COLUMNS)]
-    state_id = values["state_id"]
-    if state_id is None or state[0] == state_id:
-        return LockedRun(values, StateRecord(*state) if state[0] is not None else None), True
-    statement = _read_state_statement(tables)
-    current = session.connection().execute(statement, {"state_id": state_id}).one_or_none()
-    return LockedRun(values, StateRecord(*current) if current is not None else None), False
-
-
-def lock_flow_run(
-    session: Session, flow_run_id: uuid.UUID, transition_id: uuid.UUID | None = None
-) -> LockedFlowRun | None:
-    """Lock the flow run (`FOR UPDATE`; SQLite's transaction already holds the write lock) and
-    read it with its current state, its deployment slot and whether its history already has a
-    state with `transition_id`; None if there is no such run.
-
-    Runs on the session's connection: the caller flushes the session first if it autoflushes.
-    """
-    parameters = {"run_id": flow_run_id, "transition_id": transition_id}
-    row = driver_sql.first(session, _lock_flow_run_statement(), parameters)
-    if row is None:
-        return None
-    run, consistent = _locked_run(session, FLOW_RUNS, row)
-    if not consistent:
-        return LockedFlowRun(run, None, None)
-    deployment_id, limit_id, limit, active_slots, options, holding_id, holdings, transition_made = row[-8:]
-    if deployment_id is None:
-        return LockedFlowRun(run, DeploymentSlot(holdings=holdings), bool(transition_made))
-    slot = DeploymentSlot(
-        found=True,
-        limit_id=limit_id,
-        limit=limit or 0,
-        active_slots=active_slots or 0,
-        concurrency_options=options,
-        holding_id=holding_id,
-        holdings=holdings,
-    )
-    return LockedFlowRun(run, slot, bool(transition_made))
-
-
-def lock_task_run(session: Session, task_run_id: uuid.UUID) -> LockedRun | None:
-    """Lock the task run and read it with its current state; None if there is no such run."""
-    row = driver_sql.first(session, _lock_run_statement(TASK_RUNS), {"run_id": task_run_id})
-    if row is None:
-        return None
-    return _locked_run(session, TASK_RUNS, row)[0]
-
-
-# -- writing ----------------------------------------------------------------------------------
-
-
-# The writes run on the session's connection rather than `Session.execute`, which would first
-# autoflush: an ORM run being orchestrated is dirty with exactly the values written here, and the
-# caller marks them committed afterwards (see `orchestration.context`).
-
-
-def write_transition(
-    session: Session, tables: RunTables, run: Any, state: dict[str, Any], run_changes: dict[str, Any]
-) -> None:
-    """Insert the state (all its columns given) and update the run's changed columns (its
-    `state_id` among them, `updated` included). An unsaved run is inserted with the state instead
-    (its attributes already hold the changes)."""
+def _write_in_the_transaction(session: Session, tables: RunTables, write: TransitionWrite) -> WriteResult:
+    """SQLite: the caller's transaction holds the database's write lock since it read the run, so
+    nothing can have moved: plain statements, in an order the foreign keys accept."""
     connection = session.connection()
-    unsaved = _is_unsaved(run)
-    if unsaved:
-        run.unsaved = False
-    if connection.dialect.name == "postgresql":
-        parameters = {f"state__{name}": state.get(name) for name in tables.state.c.keys()}
-        statement: sa.Insert | sa.Update
-        if unsaved:
-            parameters.update({f"run__{name}": getattr(run, name) for name in tables.run.c.keys()})
-            statement = _insert_run_and_state_statement(tables)
-        else:
-            parameters.update({f"run__{name}": value for name, value in run_changes.items()})
-            parameters["run_id"] = run.id
-            statement = _insert_state_and_update_run_statement(tables, tuple(run_changes))
-        driver_sql.execute(session, statement, parameters)
+    if write.new_run is not None:
+        connection.execute(table_insert(tables.run), {**write.new_run, "state_id": None})
+    if write.state is not None:
+        connection.execute(table_insert(tables.state), write.state)
+    changes = dict(write.run_changes)
+    if write.new_run is not None and write.state is not None:
+        changes["state_id"] = write.state["id"]
+    if changes:
+        connection.execute(_update_run_statement(tables), {"run_id": write.run_id, **changes})
+    released = 0
+    if write.slots.acquire_limit_id is not None:
+        if acquire_slot(session, write.slots.acquire_limit_id, write.run_id, write.slots.holding_id) is None:
+            return WriteResult(applied=False)  # cannot happen under the write lock; kept honest
+    if write.slots.release:
+        released = release_flow_run_slots(session, write.run_id)
+    if write.cache_entry is not None:
+        entry = write.cache_entry
+        insert_cache_entry(session, entry.cache_key, entry.cache_expiration, entry.task_run_state_id)
+    if write.inbox is not None and not record_outcome(session, write.inbox.task_id, write.inbox.name,
+                                                      write.inbox.outcome):
+        return WriteResult(applied=False)
+    return WriteResult(applied=True, slots_released=released)
+
+
+@functools.cache
+def _update_run_statement(tables: RunTables) -> sa.Update:
+    # The SET clause comes from the parameters given (one compiled form per set of columns).
+    return sa.update(tables.run).where(tables.run.c.id == sa.bindparam("run_id"))
+
+
+# -- the session's own instance ---------------------------------------------------------------
+
+
+def keep_session_instance_in_step(
+    session: Session, tables: RunTables, run_id: uuid.UUID, changes: dict[str, Any], state: dict[str, Any] | None
+) -> None:
+    """When the session holds the run as an ORM instance, mark what was just written as committed
+    on it, as if the session had loaded it so (a flush has nothing to write again), and point it
+    at its new state, a persistent row."""
+    instance = held_instance(session, tables.run_class, run_id)
+    if instance is None:
         return
-    # SQLite has no data-modifying CTEs: separate statements (the database is local, no round
-    # trips); an unsaved run goes first, pointing at no state until the update.
-    if unsaved:
-        _insert_run(session, tables, run, state_id=None)
-    connection.execute(table_insert(tables.state), state)
-    connection.execute(_update_run_statement(tables), {"run_id": run.id, **run_changes})
+    for key, value in changes.items():
+        set_committed_value(instance, key, value)
+    if state is not None:
+        row = tables.state_class()
+        sa.inspect(row).dict.update(state)  # as a load fills it: no attribute events
+        make_transient_to_detached(row)
+        session.add(row)
+        set_committed_value(instance, "state", row)
 
-
-def update_run(session: Session, tables: RunTables, run: Any, changes: dict[str, Any]) -> None:
-    """Write the given run columns (`updated` included by the caller); an unsaved run is inserted
-    whole (its attributes already hold the changes)."""
-    if save_unsaved_run(session, tables, run):
-        return
-    session.connection().execute(_update_run_statement(tables), {"run_id": run.id, **changes})
-
-
-def save_unsaved_run(session: Session, tables: RunTables, run: Any) -> bool:
-    """Insert an unsaved run that no write has saved yet; whether it was one."""
-    if not _is_unsaved(run):
-        return False
-    run.unsaved = False
-    _insert_run(session, tables, run)
-    return True
-
-
-def _is_unsaved(run: Any) -> bool:
-    return isinstance(run, LockedRun) and run.unsaved
-
-
-def _insert_run(session: Session, tables: RunTables, run: LockedRun, **overrides: Any) -> None:
-    values = {name: getattr(run, name) for name in tables.run.c.keys()}
-    values.update(overrides)
-    driver_sql.execute(session, table_insert(tables.run), values)

@@ -3,8 +3,7 @@ start with that key is handed the remembered result instead of running."""
 
 from models.schemas.states import State, StateType
 from models.settings import get_settings
-from models.task_run_state_cache import insert_cache_entry, read_cached_state
-from models.types import now_utc
+from models.run_snapshots import CacheEntry
 from orchestration.context import TaskOrchestrationContext, state_from_row
 from orchestration.rules import ALL_ORCHESTRATION_STATES, OrchestrationRule
 
@@ -26,7 +25,7 @@ class CacheRetrieval(OrchestrationRule[TaskOrchestrationContext]):
         details = proposed_state.state_details
         if not details.cache_key or details.refresh_cache:
             return
-        cached = read_cached_state(context.session, details.cache_key, now_utc())
+        cached = context.run.cached_state  # read with the run for this proposal's key
         if cached is None:
             return
         self.reject_transition(
@@ -64,4 +63,4 @@ class CacheInsertion(OrchestrationRule[TaskOrchestrationContext]):
             return
         details = validated_state.state_details
         if details.cache_key:
-            insert_cache_entry(context.session, details.cache_key, details.cache_expiration, validated_state.id)
+            context.effects.cache_entry = CacheEntry(details.cache_key, details.cache_expiration, validated_state.id)

@@ -25,20 +25,20 @@ class PreventRunningTasksFromStoppedFlows(OrchestrationRule[TaskOrchestrationCon
         flow_run = context.flow_run()
         if flow_run is None:
             return
-        flow_state = flow_run.state
-        if flow_state is None:
+        if flow_run.state_type is None:
             self.abort_transition(NOT_RUNNING_REASON)
-        elif flow_state.type == StateType.PAUSED:
+        elif flow_run.state_type == StateType.PAUSED:
+            details = flow_run.state_details
             not_ready = Paused(
                 name=NOT_READY_STATE_NAME,
-                pause_expiration_time=flow_state.state_details.pause_timeout,
-                reschedule=flow_state.state_details.pause_reschedule,
+                pause_expiration_time=details.pause_timeout if details is not None else None,
+                reschedule=details.pause_reschedule if details is not None else False,
             )
             self.reject_transition(
                 not_ready,
                 f"The flow is paused, new tasks can execute after resuming flow run: {flow_run.id}.",
             )
-        elif flow_state.type != StateType.RUNNING:
+        elif flow_run.state_type != StateType.RUNNING:
             self.abort_transition(NOT_RUNNING_REASON)
 
 

@@ -34,13 +34,12 @@ def _guarding_rules(
 def orchestrate(
     context: OrchestrationContext[Any], policy: Policy, global_policy: Policy
 ) -> OrchestrationResult:
-    """Govern the context's transition with the policy then the global transforms; write the
-    outcome. A rule's error is re-raised after every rule has exited."""
+    """Govern the context's transition with the policy then the global transforms; the outcome
+    (what to write is on the context). A rule's error is re-raised after every rule has exited."""
     intended = (context.initial_state_type, context.proposed_state_type)
     guarding = _guarding_rules(tuple(policy), *intended) + _guarding_rules(tuple(global_policy), *intended)
     rules = [rule(context, *intended) for rule in guarding]
     _run_rules(rules, context)
-    context.save_run()
     if context.orchestration_error is not None:
         raise context.orchestration_error
     return OrchestrationResult(

@@ -10,6 +10,7 @@ from typing import Any
 from models.schemas.states import StateType
 from orchestration.context import (
     FlowOrchestrationContext,
+    FollowOn,
     OrchestrationContext,
     TaskOrchestrationContext,
     next_timestamp,
@@ -165,11 +166,9 @@ class UpdateSubflowParentTask(UniversalTransform[FlowOrchestrationContext]):
             return
         if context.run.parent_task_run_id is None or context.validated_state is None:
             return
-        from models.task_runs import set_task_run_state  # the model layer imports this package
-
         mirrored = context.validated_state.fresh_copy()
         mirrored.state_details.child_flow_run_id = context.run.id
-        set_task_run_state(context.session, context.run.parent_task_run_id, mirrored, force=True)
+        context.effects.follow_ons.append(FollowOn(context.run.parent_task_run_id, mirrored))
 
 
 class UpdateSubflowStateDetails(UniversalTransform[FlowOrchestrationContext]):

@@ -2,9 +2,6 @@
 
 import datetime
 
-import sqlalchemy as sa
-
-from models import orm
 from models.schemas.states import AwaitingRetry, State, StateType
 from models.types import now_utc
 from orchestration.context import FlowOrchestrationContext, update_run_policy
@@ -30,7 +27,8 @@ class RetryFailedFlows(OrchestrationRule[FlowOrchestrationContext]):
             return
         retry_at = now_utc() + datetime.timedelta(seconds=policy.retry_delay or 0)
         if not context.api_version_at_least("0.8.3"):
-            _reschedule_failed_task_runs(context, retry_at)
+            # clients older than api 0.8.3 retry the flow's failed task runs through the server
+            context.effects.reschedule_failed_task_runs_at = retry_at
         if context.api_version_at_least("0.8.4"):
             update_run_policy(run, resuming=False, pause_keys=set(), retry_type="in_process")
         retry = AwaitingRetry(
@@ -38,16 +36,3 @@ class RetryFailedFlows(OrchestrationRule[FlowOrchestrationContext]):
         )
         self.reject_transition(retry, "Retrying")
 
-
-def _reschedule_failed_task_runs(context: FlowOrchestrationContext, retry_at: datetime.datetime) -> None:
-    """Clients older than api 0.8.3 retry a flow's failed task runs through the server."""
-    from models.task_runs import set_task_run_state  # the model layer imports this package
-
-    failed = context.session.execute(
-        sa.select(orm.TaskRun).where(
-            orm.TaskRun.flow_run_id == context.run.id, orm.TaskRun.state_type == StateType.FAILED
-        )
-    ).scalars()
-    for task_run in failed.all():
-        set_task_run_state(context.session, task_run.id, AwaitingRetry(scheduled_time=retry_at), force=True)
-        task_run.run_count = 0

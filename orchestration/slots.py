@@ -1,9 +1,10 @@
 """Deployment concurrency: securing a slot before a run is submitted or starts, and releasing it.
 
 The slot a run holds is its `SlotHolding` row (see `models.concurrency_slots`); its id is the
-lease id put on the run's states. Acquisition and release happen in the transition's own
-transaction, so they commit or roll back with the state. A rule that acquired and is then
-overruled by a later rule releases in `cleanup`.
+lease id put on the run's states. Rules decide on the limit as the run's snapshot read it and
+record a slot to take or give back on the context's effects; the transition's write takes or
+gives it back in the statement that writes the state, so they happen together or not at all. A
+rule that decided to take one and is then overruled by a later rule withdraws it in `cleanup`.
 
 A run keeps its slot for as long as its process may be alive: PENDING, RUNNING, CANCELLING, a
 blocking pause and AwaitingRetry (`keeps_deployment_slot`). So resuming a blocking pause and an
@@ -18,7 +19,6 @@ holding and never decrements blindly.
 import datetime
 import uuid
 
-from models.concurrency_slots import acquire_slot, release_flow_run_slots, release_slot
 from models.schemas.core import ConcurrencyLimitStrategy
 from models.schemas.states import (
     ACTIVE_STATES,
@@ -62,7 +62,7 @@ class PreserveDeploymentConcurrencyLeaseId(UniversalTransform[FlowOrchestrationC
 class _SlotRule(OrchestrationRule[FlowOrchestrationContext]):
     """A rule that may take a slot: it gives the slot back if a later rule overrules it."""
 
-    acquired: uuid.UUID | None = None
+    acquires: bool = False
 
     @staticmethod
     def server_manages_slots(context: FlowOrchestrationContext) -> bool:
@@ -74,26 +74,28 @@ class _SlotRule(OrchestrationRule[FlowOrchestrationContext]):
 
     def secure_slot(self, proposed_state: State, context: FlowOrchestrationContext) -> bool | None:
         """Make sure the run holds a slot of its deployment's limit, stamping the holding id on
-        the proposal. True: holds one; False: none free; None: the deployment has no limit."""
+        the proposal. True: holds one, or one is free and taken with the write; False: none
+        free; None: the deployment has no limit. (Should the last free slot go to another run
+        before the write, the write does not apply and the transition is decided again.)"""
         slot = context.deployment_slot()
         if slot.limit_id is None:
             return None
         holding_id = slot.holding_id
         if holding_id is None:
-            holding_id = self.acquired = acquire_slot(context.session, slot.limit_id, context.run.id)
-            context.remember_holding(holding_id)
-        if holding_id is None:
-            return False
+            if not slot.has_free_slot:
+                return False
+            holding_id = uuid.uuid4()
+            context.effects.acquire_limit_id, context.effects.holding_id = slot.limit_id, holding_id
+            self.acquires = True
         proposed_state.state_details.deployment_concurrency_lease_id = holding_id
         return True
 
     def cleanup(
         self, initial_state: State | None, validated_state: State | None, context: FlowOrchestrationContext
     ) -> None:
-        if self.acquired is not None:
-            release_slot(context.session, self.acquired)
-            context.remember_holding(None)
-            self.acquired = None
+        if self.acquires:
+            context.effects.acquire_limit_id = context.effects.holding_id = None
+            self.acquires = False
 
 
 class SecureFlowConcurrencySlots(_SlotRule):
@@ -169,9 +171,11 @@ class ReleaseFlowConcurrencySlots(UniversalTransform[FlowOrchestrationContext]):
         if self.nullified_transition() or context.run.deployment_id is None:
             return
         initial, final = context.initial_state, context.proposed_state
-        if initial is not None and initial.keeps_deployment_slot() and not final.keeps_deployment_slot():
-            if not context.holds_no_slot():  # known from the lock: a DELETE would find nothing
-                release_flow_run_slots(context.session, context.run.id)
+        if initial is None or final is None:
+            return
+        if initial.keeps_deployment_slot() and not final.keeps_deployment_slot():
+            if not context.holds_no_slot():  # known from the read: a DELETE would find nothing
+                context.effects.release_slots = True
 
 
 class EnforceDeploymentConcurrencyOnLate(OrchestrationRule[FlowOrchestrationContext]):

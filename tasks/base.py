@@ -27,10 +27,11 @@ from sqlalchemy.orm import Session
 
 from models import requests
 from models.concurrency_slots import slots_released
-from models.database import limit_statement_time, unit_of_work
+from models.database import limit_statement_time, statement_unit, unit_of_work
 from models.database_errors import ErrorKind, classify, refusal_message
 from models.errors import FlowRunGraphTooLarge, InvalidRequestError, ObjectNotFoundError, ValidationError
 from models.settings import get_settings
+from orchestration.service import Inbox
 from tasks.app import GuardedTask, app
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ class TaskSpec:
     handler: Handler
     recorded: bool
     follow_ups: FollowUps | None = None
+    transition: bool = False
+    """The handler is a transition (`orchestration.service`): it looks the inbox up with its read and
+    records it with its write, one statement each, each its own commit (`statement_unit`)."""
 
 
 def failure_kind(error: BaseException) -> ErrorKind:
@@ -149,8 +153,20 @@ class UnitResult(NamedTuple):
     """Concurrency slots the unit released; None for a recorded outcome (a replay)."""
 
 
+def run_transition(spec: TaskSpec, body: Any, task_id: str) -> UnitResult:
+    """A transition task: read, decide and write (with the inbox) through the transition service."""
+    with statement_unit() as session:
+        done = spec.handler(session, body, Inbox(task_id, spec.name, to_json))
+    if done.replayed:
+        logger.info("%s[%s] already processed; returning the recorded outcome", spec.name, task_id)
+        return UnitResult(done.encoded, None)
+    return UnitResult(done.encoded, done.slots_released)
+
+
 def run_unit(spec: TaskSpec, body: Any, task_id: str) -> UnitResult:
     """Run the handler in one transaction; a recorded task returns its earlier outcome instead."""
+    if spec.transition:
+        return run_transition(spec, body, task_id)
     for attempt in itertools.count(1):
         try:
             with unit_of_work() as session:
@@ -244,9 +260,23 @@ def flowruns_task(
 
     `recorded` tasks change state: their task id goes into the inbox with their outcome.
     """
+    return _register(name, body, recorded=recorded, follow_ups=follow_ups, transition=False)
 
+
+def transition_task(
+    name: str, body: type[pydantic.BaseModel], *, follow_ups: FollowUps | None = None
+) -> Callable[[Handler], Task]:
+    """Register `handler(session, body, inbox) -> orchestration.service.Transition` as the Celery
+    task `name`: a state change whose inbox look-up and record go with its read and its write."""
+    return _register(name, body, recorded=True, follow_ups=follow_ups, transition=True)
+
+
+def _register(
+    name: str, body: type[pydantic.BaseModel], *, recorded: bool, follow_ups: FollowUps | None, transition: bool
+) -> Callable[[Handler], Task]:
     def register(handler: Handler) -> Task:
-        spec = TaskSpec(name=name, body=body, handler=handler, recorded=recorded, follow_ups=follow_ups)
+        spec = TaskSpec(name=name, body=body, handler=handler, recorded=recorded, follow_ups=follow_ups,
+                        transition=transition)
 
         def run(self: FlowrunsTask, *args: Any, **kwargs: Any) -> Any:
             return self.perform(args, kwargs)

@@ -12,6 +12,7 @@ from typing import Any, get_type_hints
 
 from pydantic import TypeAdapter
 
+from models.schemas.responses import OrchestrationResult
 from models.settings import get_settings
 from tasks.base import FlowrunsTask
 
@@ -60,7 +61,8 @@ def contract_document() -> dict[str, Any]:
             entries[name] = {"description": _first_line(spec.handler.__doc__), "queue": settings.task_queue,
                              "state_changing": spec.recorded}
             schemas.append(((name, "kwargs"), "validation", TypeAdapter(spec.body)))
-            schemas.append(((name, "result"), "serialization", TypeAdapter(get_type_hints(spec.handler)["return"])))
+            returned = OrchestrationResult if spec.transition else get_type_hints(spec.handler)["return"]
+            schemas.append(((name, "result"), "serialization", TypeAdapter(returned)))
         elif name in MAINTENANCE_RESULTS:
             entries[name] = {"description": _first_line(task.__doc__), "queue": settings.maintenance_queue,
                              "state_changing": True,

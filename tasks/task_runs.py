@@ -8,10 +8,10 @@ from models import task_runs
 from models.schemas.actions import StateCreate, TaskRunCreate
 from models.schemas.base import ActionModel
 from models.schemas.core import TaskRun
-from models.schemas.responses import OrchestrationResult
 from models.schemas.states import StateType
-from orchestration import CoreTaskPolicy
-from tasks.base import flowruns_task
+from orchestration import CoreTaskPolicy, service
+from orchestration.service import Inbox, Transition
+from tasks.base import flowruns_task, transition_task
 
 
 class CreateTaskRun(ActionModel):
@@ -34,9 +34,9 @@ def create_task_run(session: Session, body: CreateTaskRun, task_id: str) -> Task
     return TaskRun.model_validate(task_runs.create_task_run(session, task_run))
 
 
-@flowruns_task("task_runs.set_task_run_state", SetTaskRunState, recorded=True)
-def set_task_run_state(session: Session, body: SetTaskRunState, task_id: str) -> OrchestrationResult:
+@transition_task("task_runs.set_task_run_state", SetTaskRunState)
+def set_task_run_state(session: Session, body: SetTaskRunState, inbox: Inbox) -> Transition:
     """Propose the state under Prefect's core task policy (the minimal one when `force`)."""
-    return task_runs.set_task_run_state(
-        session, body.task_run_id, body.state, force=body.force, task_policy=CoreTaskPolicy
+    return service.set_task_run_state(
+        session, body.task_run_id, body.state, force=body.force, task_policy=CoreTaskPolicy, inbox=inbox
     )

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from models import database, driver_sql, flow_runs, orm
 from models.schemas import states
 from models.schemas.states import StateDetails
-from models.transition_sql import FLOW_RUNS, LockedRun, lock_flow_run, write_transition
+from models.run_snapshots import TransitionWrite
+from models.transition_sql import FLOW_RUNS, read_flow_run_snapshot, write_transition
 from models.types import now_utc
 from orchestration import CoreFlowPolicy
 from tests.fixtures import make_flow_run
@@ -80,7 +81,7 @@ def test_a_driven_run_is_stored_as_sqlalchemy_would_store_it(
     assert _run_columns(session, direct.id) == _run_columns(session, through_sqlalchemy.id)
 
 
-def test_a_locked_run_reads_the_same_values_both_ways(
+def test_a_run_snapshot_reads_the_same_values_both_ways(
     session: Session, flow: orm.Flow, limited_deployment: orm.Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = make_flow_run(session, flow, deployment_id=limited_deployment.id, state=states.Pending())
@@ -91,17 +92,16 @@ def test_a_locked_run_reads_the_same_values_both_ways(
     session.expunge_all()
     transition_id = uuid.uuid4()
 
-    direct = lock_flow_run(session, run.id, transition_id)
+    direct, _ = read_flow_run_snapshot(session, run.id, transition_id)
     session.rollback()
     monkeypatch.setattr(driver_sql, "supported", lambda session: False)
-    through_sqlalchemy = lock_flow_run(session, run.id, transition_id)
+    through_sqlalchemy, _ = read_flow_run_snapshot(session, run.id, transition_id)
     session.rollback()
 
     assert direct is not None and through_sqlalchemy is not None
-    assert vars(direct.run) == vars(through_sqlalchemy.run)
-    assert direct.run.state is not None and direct.run.state.state_details.cache_key == "c"
-    assert direct.deployment_slot == through_sqlalchemy.deployment_slot
-    assert direct.deployment_slot is not None and direct.deployment_slot.holding_id is not None
+    assert direct == through_sqlalchemy
+    assert direct.state is not None and direct.state.state_details.cache_key == "c"
+    assert direct.deployment_slot.holding_id is not None
     assert direct.transition_made is False
 
 
@@ -114,14 +114,14 @@ def test_a_lost_connection_is_sqlalchemy_operational_error_and_never_reused(
         with database.get_engine(db).connect() as admin:
             admin.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
         with pytest.raises(sa_exc.OperationalError) as raised:
-            lock_flow_run(doomed, run.id)
+            read_flow_run_snapshot(doomed, run.id, None)
         assert raised.value.connection_invalidated
         assert isinstance(raised.value.orig, psycopg.OperationalError)
         doomed.rollback()
 
     with database.unit_of_work(db) as fresh:
-        locked = lock_flow_run(fresh, run.id)
-    assert locked is not None and locked.run.state_type == states.StateType.PENDING
+        snapshot, _ = read_flow_run_snapshot(fresh, run.id, None)
+    assert snapshot is not None and snapshot.state_type == states.StateType.PENDING
 
 
 def test_a_constraint_violation_is_integrity_error_and_writes_nothing(
@@ -145,7 +145,8 @@ def test_a_constraint_violation_is_integrity_error_and_writes_nothing(
     with pytest.raises(sa_exc.IntegrityError):
         with database.unit_of_work(db) as writer:
             changes = {"state_type": states.StateType.RUNNING, "updated": now_utc()}
-            write_transition(writer, FLOW_RUNS, LockedRun({"id": run.id}, None), state, changes)
+            write = TransitionWrite(run_id=run.id, seen_state_id=existing_state_id, state=state, run_changes=changes)
+            write_transition(writer, FLOW_RUNS, write)
 
     assert session.get(orm.FlowRun, run.id, populate_existing=True).state_type == states.StateType.PENDING  # type: ignore[union-attr]
     count = session.execute(sa.select(sa.func.count()).select_from(orm.FlowRunState)).scalar_one()

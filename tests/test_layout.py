@@ -30,3 +30,30 @@ def test_the_worker_side_does_not_import_the_tools(module: str) -> None:
     output = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
                             check=True).stdout
     assert json.loads(output.strip().splitlines()[-1]) == []
+
+
+def test_the_model_layer_never_imports_the_rules() -> None:
+    """`models/` holds tables, schemas, queries and statements; `orchestration/` builds on it.
+    (The model layer's state changes reach the rules through the `flowruns.transitions` entry point.)"""
+    import ast
+
+    importing = []
+    for path in sorted((REPOSITORY / "models").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(name == "orchestration" or name.startswith("orchestration.") for name in names):
+                importing.append(f"{path.relative_to(REPOSITORY)}:{node.lineno}")
+    assert importing == []
+    script = ("import sys, models.flow_runs, models.task_runs\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'orchestration'))")
+    output = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
+                            check=True).stdout
+    assert output.strip() == "[]"
+
+
+def test_the_transition_service_is_found_through_its_entry_point() -> None:
+    from models.transitions import transition_service
+    from orchestration import service
+
+    assert transition_service() is service
