@@ -1,5 +1,6 @@
-"""Reading and counting flow runs through the filter bodies (re-exported by `models.flow_runs`),
-and reading them straight into their REST responses when they are only serialised.
+"""Reading and counting flow runs through the filter bodies (`read_flow_runs` and `count_flow_runs`
+are re-exported by `models.flow_runs`), and reading them straight into their REST responses when
+they are only serialised. The filters travel as one `FlowRunFilters` bundle.
 
 A filter left out (None) selects everything. A related-object filter that is given, even
 empty (`DeploymentFilter()`), also requires the related row to exist: `deployment_filter={}`
@@ -18,6 +19,7 @@ from models.schemas.filters import (
     DeploymentFilter,
     FlowFilter,
     FlowRunFilter,
+    FlowRunFilters,
     TaskRunFilter,
     WorkPoolFilter,
     WorkQueueFilter,
@@ -41,15 +43,8 @@ def read_flow_runs(
     limit: int | None = None,
     sort: FlowRunSort = FlowRunSort.ID_DESC,
 ) -> list[orm.FlowRun]:
-    """The matching runs in `sort` order, each once, with work queue and pool loaded.
-
-    `columns` (names or attributes) restricts the columns loaded. Applies only the given
-    `limit`; the 200-per-call cap is the wire layer's.
-
-    The current state comes joined to each run; queues and pools (few, shared by many runs, and
-    often absent) come by a second query for the distinct ones, only when some run has one.
-    """
-    criteria = _flow_run_criteria(
+    """`read_matching_flow_runs` for the six filters given one by one (the reference's signature)."""
+    filters = FlowRunFilters(
         flow_filter=flow_filter,
         flow_run_filter=flow_run_filter,
         task_run_filter=task_run_filter,
@@ -57,40 +52,7 @@ def read_flow_runs(
         work_pool_filter=work_pool_filter,
         work_queue_filter=work_queue_filter,
     )
-    query = sa.select(orm.FlowRun).options(
-        selectinload(orm.FlowRun.work_queue).joinedload(orm.WorkQueue.work_pool)
-    )
-    query = _page(query, criteria, task_run_filter is not None, sort, offset, limit)
-    if columns:
-        query = query.options(load_only(*_column_attributes(columns)))
-    return list(session.scalars(query).unique())
-
-
-def read_flow_run_responses(
-    session: Session,
-    flow_filter: FlowFilter | None = None,
-    flow_run_filter: FlowRunFilter | None = None,
-    task_run_filter: TaskRunFilter | None = None,
-    deployment_filter: DeploymentFilter | None = None,
-    work_pool_filter: WorkPoolFilter | None = None,
-    work_queue_filter: WorkQueueFilter | None = None,
-    offset: int | None = None,
-    limit: int | None = None,
-    sort: FlowRunSort = FlowRunSort.ID_DESC,
-) -> list[FlowRunResponse]:
-    """`FlowRunResponse.from_orm_run` of each run `read_flow_runs` returns, for runs that are only
-    serialised: read as plain rows (run, current state, queue and pool in one statement), with no
-    ORM instances built."""
-    criteria = _flow_run_criteria(
-        flow_filter=flow_filter,
-        flow_run_filter=flow_run_filter,
-        task_run_filter=task_run_filter,
-        deployment_filter=deployment_filter,
-        work_pool_filter=work_pool_filter,
-        work_queue_filter=work_queue_filter,
-    )
-    query = _page(_response_query(), criteria, task_run_filter is not None, sort, offset, limit)
-    return [_response(row) for row in session.execute(query)]
+    return read_matching_flow_runs(session, filters, columns=columns, offset=offset, limit=limit, sort=sort)
 
 
 def count_flow_runs(
@@ -102,7 +64,61 @@ def count_flow_runs(
     work_pool_filter: WorkPoolFilter | None = None,
     work_queue_filter: WorkQueueFilter | None = None,
 ) -> int:
-    """How many runs `read_flow_runs` returns for the same filters (without offset/limit).
+    """`count_matching_flow_runs` for the six filters given one by one (the reference's signature)."""
+    filters = FlowRunFilters(
+        flow_filter=flow_filter,
+        flow_run_filter=flow_run_filter,
+        task_run_filter=task_run_filter,
+        deployment_filter=deployment_filter,
+        work_pool_filter=work_pool_filter,
+        work_queue_filter=work_queue_filter,
+    )
+    return count_matching_flow_runs(session, filters)
+
+
+def read_matching_flow_runs(
+    session: Session,
+    filters: FlowRunFilters,
+    *,
+    columns: Sequence[Column] | None = None,
+    offset: int | None = None,
+    limit: int | None = None,
+    sort: FlowRunSort = FlowRunSort.ID_DESC,
+) -> list[orm.FlowRun]:
+    """The matching runs in `sort` order, each once, with work queue and pool loaded.
+
+    `columns` (names or attributes) restricts the columns loaded. Applies only the given
+    `limit`; the 200-per-call cap is the wire layer's.
+
+    The current state comes joined to each run; queues and pools (few, shared by many runs, and
+    often absent) come by a second query for the distinct ones, only when some run has one.
+    """
+    query = sa.select(orm.FlowRun).options(
+        selectinload(orm.FlowRun.work_queue).joinedload(orm.WorkQueue.work_pool)
+    )
+    query = _page(query, filters, sort, offset, limit)
+    if columns:
+        query = query.options(load_only(*_column_attributes(columns)))
+    return list(session.scalars(query).unique())
+
+
+def read_flow_run_responses(
+    session: Session,
+    filters: FlowRunFilters,
+    *,
+    offset: int | None = None,
+    limit: int | None = None,
+    sort: FlowRunSort = FlowRunSort.ID_DESC,
+) -> list[FlowRunResponse]:
+    """`FlowRunResponse.from_orm_run` of each run `read_matching_flow_runs` returns, for runs that
+    are only serialised: read as plain rows (run, current state, queue and pool in one
+    statement), with no ORM instances built."""
+    query = _page(_response_query(), filters, sort, offset, limit)
+    return [_response(row) for row in session.execute(query)]
+
+
+def count_matching_flow_runs(session: Session, filters: FlowRunFilters) -> int:
+    """How many runs `read_matching_flow_runs` returns for the same filters (without offset/limit).
 
     The flow, deployment, work queue and work pool filters are INNER JOINs instead of EXISTS:
     each joins at most one row per run (many-to-one), so the count cannot inflate, and a run
@@ -111,8 +127,8 @@ def count_flow_runs(
     that of the distinct runs of the matching task runs (each one's run exists: the foreign key
     cascades), with no probe into `flow_run` per task run.
     """
-    others = (flow_filter, flow_run_filter, deployment_filter, work_pool_filter, work_queue_filter)
-    if task_run_filter is not None and all(other is None for other in others):
+    task_run_filter = filters.task_run_filter
+    if task_run_filter is not None and list(filters.given()) == ["task_run_filter"]:
         runs = (
             sa.select(orm.TaskRun.flow_run_id)
             .where(orm.TaskRun.flow_run_id.is_not(None), task_run_filter.as_sql_filter())
@@ -121,21 +137,21 @@ def count_flow_runs(
         )
         return session.scalar(sa.select(sa.func.count()).select_from(runs)) or 0
     query = sa.select(sa.func.count()).select_from(orm.FlowRun)
-    if flow_run_filter is not None:
-        query = query.where(flow_run_filter.as_sql_filter())
-    if deployment_filter is not None:
+    if filters.flow_run_filter is not None:
+        query = query.where(filters.flow_run_filter.as_sql_filter())
+    if filters.deployment_filter is not None:
         query = query.join(orm.Deployment, orm.Deployment.id == orm.FlowRun.deployment_id)
-        query = query.where(deployment_filter.as_sql_filter())
-    if work_queue_filter is not None or work_pool_filter is not None:
+        query = query.where(filters.deployment_filter.as_sql_filter())
+    if filters.work_queue_filter is not None or filters.work_pool_filter is not None:
         query = query.join(orm.WorkQueue, orm.WorkQueue.id == orm.FlowRun.work_queue_id)
-        if work_queue_filter is not None:
-            query = query.where(work_queue_filter.as_sql_filter())
-        if work_pool_filter is not None:
+        if filters.work_queue_filter is not None:
+            query = query.where(filters.work_queue_filter.as_sql_filter())
+        if filters.work_pool_filter is not None:
             query = query.join(orm.WorkPool, orm.WorkPool.id == orm.WorkQueue.work_pool_id)
-            query = query.where(work_pool_filter.as_sql_filter())
-    if flow_filter is not None:
+            query = query.where(filters.work_pool_filter.as_sql_filter())
+    if filters.flow_filter is not None:
         query = query.join(orm.Flow, orm.Flow.id == orm.FlowRun.flow_id)
-        query = query.where(flow_filter.as_sql_filter())
+        query = query.where(filters.flow_filter.as_sql_filter())
     if task_run_filter is not None:
         query = query.where(_has_task_run(task_run_filter))
     return session.scalar(query) or 0
@@ -143,18 +159,19 @@ def count_flow_runs(
 
 def _page(
     query: sa.Select[Any],
-    criteria: list[sa.ColumnElement[bool]],
-    ids_first: bool,
+    filters: FlowRunFilters,
     sort: FlowRunSort,
     offset: int | None,
     limit: int | None,
 ) -> sa.Select[Any]:
-    """`query` restricted to one page of the matching runs, in `sort` order.
+    """`query` restricted to one page of the runs the filters select, in `sort` order.
 
-    With `ids_first` (a semi-join against task runs walks many runs to fill a page), the page's
-    ids come from the indexes alone first, then just those rows are read (same rows, same order).
+    With a task-run filter (a semi-join against task runs walks many runs to fill a page), the
+    page's ids come from the indexes alone first, then just those rows are read (same rows, same
+    order).
     """
-    if ids_first:
+    criteria = _flow_run_criteria(filters)
+    if filters.task_run_filter is not None:
         page = sa.select(orm.FlowRun.id).where(*criteria).order_by(*sort.as_sql_sort())
         query = query.where(orm.FlowRun.id.in_(page.offset(offset).limit(limit).scalar_subquery()))
         return query.order_by(*sort.as_sql_sort())
@@ -215,46 +232,39 @@ def _response(row: sa.Row[Any]) -> FlowRunResponse:
     return response
 
 
-def _flow_run_criteria(
-    flow_filter: FlowFilter | None,
-    flow_run_filter: FlowRunFilter | None,
-    task_run_filter: TaskRunFilter | None,
-    deployment_filter: DeploymentFilter | None,
-    work_pool_filter: WorkPoolFilter | None,
-    work_queue_filter: WorkQueueFilter | None,
-) -> list[sa.ColumnElement[bool]]:
+def _flow_run_criteria(filters: FlowRunFilters) -> list[sa.ColumnElement[bool]]:
     """The WHERE criteria on `flow_run` for the six filters, related rows as EXISTS."""
     criteria: list[sa.ColumnElement[bool]] = []
-    if flow_run_filter is not None:
-        criteria.append(flow_run_filter.as_sql_filter())
-    if deployment_filter is not None:
+    if filters.flow_run_filter is not None:
+        criteria.append(filters.flow_run_filter.as_sql_filter())
+    if filters.deployment_filter is not None:
         criteria.append(
             sa.exists().where(
                 orm.Deployment.id == orm.FlowRun.deployment_id,
-                deployment_filter.as_sql_filter(),
+                filters.deployment_filter.as_sql_filter(),
             )
         )
-    if work_pool_filter is not None:
+    if filters.work_pool_filter is not None:
         criteria.append(
             sa.exists().where(
                 orm.WorkQueue.id == orm.FlowRun.work_queue_id,
                 orm.WorkPool.id == orm.WorkQueue.work_pool_id,
-                work_pool_filter.as_sql_filter(),
+                filters.work_pool_filter.as_sql_filter(),
             )
         )
-    if work_queue_filter is not None:
+    if filters.work_queue_filter is not None:
         criteria.append(
             sa.exists().where(
                 orm.WorkQueue.id == orm.FlowRun.work_queue_id,
-                work_queue_filter.as_sql_filter(),
+                filters.work_queue_filter.as_sql_filter(),
             )
         )
-    if flow_filter is not None:
+    if filters.flow_filter is not None:
         criteria.append(
-            sa.exists().where(orm.Flow.id == orm.FlowRun.flow_id, flow_filter.as_sql_filter())
+            sa.exists().where(orm.Flow.id == orm.FlowRun.flow_id, filters.flow_filter.as_sql_filter())
         )
-    if task_run_filter is not None:
-        criteria.append(_has_task_run(task_run_filter))
+    if filters.task_run_filter is not None:
+        criteria.append(_has_task_run(filters.task_run_filter))
     return criteria
 
 

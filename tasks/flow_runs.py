@@ -9,17 +9,10 @@ from sqlalchemy.orm import Session
 from models import flow_runs
 from models.concurrency_slots import release_slots_of_inactive_run
 from models.errors import ObjectNotFoundError
-from models.flow_run_queries import read_flow_run_responses
+from models.flow_run_queries import count_matching_flow_runs, read_flow_run_responses
 from models.schemas.actions import FlowRunCreate, FlowRunUpdate, StateCreate
 from models.schemas.base import INT64_MAX, ActionModel, DateTime
-from models.schemas.filters import (
-    DeploymentFilter,
-    FlowFilter,
-    FlowRunFilter,
-    TaskRunFilter,
-    WorkPoolFilter,
-    WorkQueueFilter,
-)
+from models.schemas.filters import FlowRunFilters
 from models.schemas.graph import Graph
 from models.schemas.responses import DependencyResult, FlowRunResponse, OrchestrationResult
 from models.schemas.sorting import FlowRunSort
@@ -52,13 +45,8 @@ class SetFlowRunState(ActionModel):
     force: bool = False
 
 
-class CountFlowRuns(ActionModel):
-    flow_filter: FlowFilter | None = None
-    flow_run_filter: FlowRunFilter | None = None
-    task_run_filter: TaskRunFilter | None = None
-    deployment_filter: DeploymentFilter | None = None
-    work_pool_filter: WorkPoolFilter | None = None
-    work_queue_filter: WorkQueueFilter | None = None
+class CountFlowRuns(FlowRunFilters):
+    pass  # the six filters, under the task's own name in the contract
 
 
 class ReadFlowRuns(CountFlowRuns):
@@ -152,13 +140,13 @@ def read_flow_run(session: Session, body: FlowRunId, task_id: str) -> FlowRunRes
 @flowruns_task("flow_runs.read_flow_runs", ReadFlowRuns, recorded=False)
 def read_flow_runs(session: Session, body: ReadFlowRuns, task_id: str) -> list[FlowRunResponse]:
     """A page (at most 200) of the runs the filters select, in the sort's order."""
-    return read_flow_run_responses(session, **_filters(body), offset=body.offset, limit=body.limit, sort=body.sort)
+    return read_flow_run_responses(session, body, offset=body.offset, limit=body.limit, sort=body.sort)
 
 
 @flowruns_task("flow_runs.count_flow_runs", CountFlowRuns, recorded=False)
 def count_flow_runs(session: Session, body: CountFlowRuns, task_id: str) -> int:
     """How many runs the filters select."""
-    return flow_runs.count_flow_runs(session, **_filters(body))
+    return count_matching_flow_runs(session, body)
 
 
 @flowruns_task("flow_runs.update_flow_run", UpdateFlowRun, recorded=True)
@@ -213,7 +201,3 @@ def read_flow_run_graph(session: Session, body: ReadFlowRunGraph, task_id: str) 
         return flow_runs.read_flow_run_graph(session, body.flow_run_id)
     return flow_runs.read_flow_run_graph(session, body.flow_run_id, since=body.since)
 
-
-def _filters(body: CountFlowRuns) -> dict[str, Any]:
-    """The filter objects of the request, as the model functions take them."""
-    return {name: getattr(body, name) for name in CountFlowRuns.model_fields}

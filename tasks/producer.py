@@ -31,6 +31,7 @@ from models.schemas.filters import (
     DeploymentFilter,
     FlowFilter,
     FlowRunFilter,
+    FlowRunFilters,
     TaskRunFilter,
     WorkPoolFilter,
     WorkQueueFilter,
@@ -131,9 +132,15 @@ def read_flow_runs(
     sort: FlowRunSort = FlowRunSort.ID_DESC,
     **options: Any,
 ) -> list[FlowRunResponse]:
-    kwargs = _filter_kwargs(
-        flow_filter, flow_run_filter, task_run_filter, deployment_filter, work_pool_filter, work_queue_filter
-    ) | {"offset": offset, "limit": limit, "sort": sort.value}
+    filters = FlowRunFilters(
+        flow_filter=flow_filter,
+        flow_run_filter=flow_run_filter,
+        task_run_filter=task_run_filter,
+        deployment_filter=deployment_filter,
+        work_pool_filter=work_pool_filter,
+        work_queue_filter=work_queue_filter,
+    )
+    kwargs = _filter_kwargs(filters) | {"offset": offset, "limit": limit, "sort": sort.value}
     return _parse(list[FlowRunResponse], call(app, "flow_runs.read_flow_runs", kwargs, **options))
 
 
@@ -148,16 +155,20 @@ def count_flow_runs(
     work_queue_filter: WorkQueueFilter | None = None,
     **options: Any,
 ) -> int:
-    kwargs = _filter_kwargs(
-        flow_filter, flow_run_filter, task_run_filter, deployment_filter, work_pool_filter, work_queue_filter
+    filters = FlowRunFilters(
+        flow_filter=flow_filter,
+        flow_run_filter=flow_run_filter,
+        task_run_filter=task_run_filter,
+        deployment_filter=deployment_filter,
+        work_pool_filter=work_pool_filter,
+        work_queue_filter=work_queue_filter,
     )
-    return int(call(app, "flow_runs.count_flow_runs", kwargs, **options))
+    return int(call(app, "flow_runs.count_flow_runs", _filter_kwargs(filters), **options))
 
 
-def _filter_kwargs(*filters: BaseModel | None) -> dict[str, Any]:
-    names = ("flow_filter", "flow_run_filter", "task_run_filter", "deployment_filter",
-             "work_pool_filter", "work_queue_filter")
-    return {name: _dump(value, exclude_unset=True) for name, value in zip(names, filters) if value is not None}
+def _filter_kwargs(filters: FlowRunFilters) -> dict[str, Any]:
+    """The bundle as the task's top-level kwargs: each filter given, with only the fields set on it."""
+    return {name: _dump(value, exclude_unset=True) for name, value in filters.given().items()}
 
 
 def update_flow_run(app: Celery | None, flow_run_id: uuid.UUID, flow_run: FlowRunUpdate, **options: Any) -> bool:

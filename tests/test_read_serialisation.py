@@ -16,6 +16,7 @@ from models import orm
 from models.flow_run_queries import read_flow_run_responses, read_flow_runs
 from models.schemas import core
 from models.schemas.core import CreatedBy, FlowRunPolicy
+from models.schemas.filters import FlowRunFilters
 from models.schemas.responses import FlowRunResponse
 from models.schemas.sorting import FlowRunSort
 from models.schemas.states import StateDetails, StateType
@@ -25,6 +26,8 @@ from tests.test_flow_run_read_count import chosen_bodies, combinations_to_check
 T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
 FULL = parse_filters({"flow_run_filter": {"name": {"any_": ["full"]}}})
 """Selects the run `full_run` builds (not its parent)."""
+FULL_BUNDLE = FlowRunFilters(**FULL)
+EVERY_RUN = FlowRunFilters()
 NOW_DEPENDENT = frozenset({"estimated_run_time", "estimated_start_time_delta"})
 """Computed at read time from the clock for a running or late run."""
 
@@ -115,7 +118,7 @@ def test_a_run_with_every_field_set_reads_as_validation_gives_it(
     assert expected.work_queue_name == "queue" and expected.work_pool_name is not None
     assert_same(FlowRunResponse.from_orm_run(run), expected, exclude)
     session.expunge_all()
-    (response,) = read_flow_run_responses(session, **FULL)
+    (response,) = read_flow_run_responses(session, FULL_BUNDLE)
     assert_same(response, expected, exclude)
 
 
@@ -130,7 +133,7 @@ def test_a_run_with_nothing_optional_set_reads_as_validation_gives_it(session: S
     assert run.state is None and run.work_queue is None
     expected = reference(run)
     assert_same(FlowRunResponse.from_orm_run(run), expected)
-    (response,) = read_flow_run_responses(session)
+    (response,) = read_flow_run_responses(session, EVERY_RUN)
     assert_same(response, expected)
 
 
@@ -139,7 +142,7 @@ def test_a_scheduled_state_without_its_time_is_validated(session: Session) -> No
     full_run(session, StateType.SCHEDULED)
     for response in [
         FlowRunResponse.from_orm_run(read_flow_runs(session, **FULL)[0]),
-        read_flow_run_responses(session, **FULL)[0],
+        read_flow_run_responses(session, FULL_BUNDLE)[0],
     ]:
         assert response.state is not None and response.state.state_details.scheduled_time is not None
 
@@ -171,7 +174,7 @@ def test_plain_row_responses_see_the_sessions_unflushed_changes(session: Session
     full_run(session, StateType.COMPLETED)
     (run,) = read_flow_runs(session, **FULL)
     run.tags = ["changed"]
-    (response,) = read_flow_run_responses(session, **FULL)
+    (response,) = read_flow_run_responses(session, FULL_BUNDLE)
     assert response.tags == ["changed"]
 
 
@@ -194,9 +197,9 @@ def test_plain_row_responses_equal_the_orm_path_for_every_filter_combination(
         bodies = chosen_bodies(choice)
         for sort in (FlowRunSort.ID_DESC, FlowRunSort.NAME_ASC):
             session.expunge_all()
-            arguments = {"sort": sort, **parse_filters(bodies)}
-            expected = [reference(run) for run in read_flow_runs(session, **arguments)]
-            responses = read_flow_run_responses(session, **arguments)
+            filters = parse_filters(bodies)
+            expected = [reference(run) for run in read_flow_runs(session, sort=sort, **filters)]
+            responses = read_flow_run_responses(session, FlowRunFilters(**filters), sort=sort)
             assert [r.id for r in responses] == [r.id for r in expected]
             for response, reference_response in zip(responses, expected):
                 assert_same(response, reference_response, NOW_DEPENDENT)
@@ -206,7 +209,7 @@ def test_plain_row_responses_equal_the_orm_path_for_every_filter_combination(
 
 def test_plain_row_responses_page_as_the_orm_path(session: Session, world: World) -> None:
     task_run_filter = parse_filters({"task_run_filter": {}})
-    for arguments in [{"offset": 1, "limit": 2}, {"offset": 0, "limit": 1, **task_run_filter}]:
-        names = [run.name for run in read_flow_runs(session, sort=FlowRunSort.NAME_DESC, **arguments)]
-        responses = read_flow_run_responses(session, sort=FlowRunSort.NAME_DESC, **arguments)
+    for filters, page in [({}, {"offset": 1, "limit": 2}), (task_run_filter, {"offset": 0, "limit": 1})]:
+        names = [run.name for run in read_flow_runs(session, sort=FlowRunSort.NAME_DESC, **filters, **page)]
+        responses = read_flow_run_responses(session, FlowRunFilters(**filters), sort=FlowRunSort.NAME_DESC, **page)
         assert [response.name for response in responses] == names

@@ -841,3 +841,32 @@ class WorkQueueFilter(OperatorFilterBaseModel):
 
     id: WorkQueueFilterId | None = None
     name: WorkQueueFilterName | None = None
+
+
+# --------------------------------------------------------------------------- the six together
+
+
+class FlowRunFilters(BaseModel):
+    """The six filters a read or count of flow runs takes, each optional; unknown fields are
+    refused. An absent filter selects every run; a given one, even empty, also requires the
+    related row (`deployment_filter={}`: runs that have a deployment).
+
+    The `flow_runs.read_flow_runs` / `count_flow_runs` bodies are this bundle (its fields are
+    their top-level kwargs), and the query functions take it whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flow_filter: FlowFilter | None = None
+    flow_run_filter: FlowRunFilter | None = None
+    task_run_filter: TaskRunFilter | None = None
+    deployment_filter: DeploymentFilter | None = None
+    work_pool_filter: WorkPoolFilter | None = None
+    work_queue_filter: WorkQueueFilter | None = None
+
+    def given(self) -> dict[str, FilterBaseModel]:
+        """The filters given (not None), by field name, in field order."""
+        return {
+            name: value
+            for name in FlowRunFilters.model_fields
+            if (value := getattr(self, name)) is not None
+        }
