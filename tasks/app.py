@@ -2,7 +2,8 @@
 
 Reliability baseline (docs/ECOSYSTEM-NOTES.md sections 1 and 7): JSON only, late acks with
 rejection on worker loss, one reserved message per process, the Redis visibility timeout set in
-all three places, and task events on so Flower sees every task by name.
+all three places, and task events on so Flower sees every task by name. The JSON is encoded and
+decoded with orjson (`tasks.json_serializer`: kombu's `json`, same content type, same values).
 """
 
 import gc
@@ -15,6 +16,7 @@ from kombu import Queue
 from models.database import dispose_engines
 from models.settings import Settings, get_settings
 from tasks.beat import beat_schedule
+from tasks.json_serializer import register_json_serializer
 
 RESULT_EXPIRES_SECONDS = 24 * 3600
 """How long a result stays readable in the backend (a producer re-sends well within this)."""
@@ -83,8 +85,10 @@ class GuardedTask(Task):
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    """A Celery app configured from `settings` (the environment's by default) with the beat schedule."""
+    """A Celery app configured from `settings` (the environment's by default) with the beat schedule;
+    kombu's `json` serializer (process-wide) becomes orjson's."""
     settings = settings or get_settings()
+    register_json_serializer()
     app = Celery("flowruns", task_cls=GuardedTask)
     app.conf.update(celery_config(settings), beat_schedule=beat_schedule(settings))
     return app
