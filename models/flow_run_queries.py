@@ -1,6 +1,6 @@
 """Reading and counting flow runs through the filter bodies (`read_flow_runs` and `count_flow_runs`
-are re-exported by `models.flow_runs`), and reading them straight into their REST responses when
-they are only serialised. The filters travel as one `FlowRunFilters` bundle.
+are re-exported by `models.flow_runs`), and reading them straight into their REST responses, or
+their JSON, when they are only serialised. The filters travel as one `FlowRunFilters` bundle.
 
 A filter left out (None) selects everything. A related-object filter that is given, even
 empty (`DeploymentFilter()`), also requires the related row to exist: `deployment_filter={}`
@@ -14,7 +14,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import InstrumentedAttribute, Session, load_only, selectinload
 
-from models import orm
+from models import flow_run_documents, orm
+from models.database import dialect_name
 from models.schemas.filters import (
     DeploymentFilter,
     FlowFilter,
@@ -24,7 +25,7 @@ from models.schemas.filters import (
     WorkPoolFilter,
     WorkQueueFilter,
 )
-from models.schemas.responses import RUN_FIELDS, STATE_FIELDS, FlowRunResponse
+from models.schemas.responses import RUN_FIELDS, STATE_FIELDS, FlowRunJson, FlowRunResponse
 from models.schemas.sorting import FlowRunSort
 
 Column = str | InstrumentedAttribute[Any]
@@ -115,6 +116,23 @@ def read_flow_run_responses(
     statement), with no ORM instances built."""
     query = _page(_response_query(), filters, sort, offset, limit)
     return [_response(row) for row in session.execute(query)]
+
+
+def read_flow_run_json(
+    session: Session,
+    filters: FlowRunFilters,
+    *,
+    offset: int | None = None,
+    limit: int | None = None,
+    sort: FlowRunSort = FlowRunSort.ID_DESC,
+) -> list[FlowRunJson]:
+    """`model_dump(mode="json")` of each response `read_flow_run_responses` returns: on PostgreSQL
+    each run's document is built by the database (`models.flow_run_documents`)."""
+    if dialect_name(session) != "postgresql":
+        responses = read_flow_run_responses(session, filters, offset=offset, limit=limit, sort=sort)
+        return [FlowRunJson(response.model_dump(mode="json")) for response in responses]
+    query = _page(flow_run_documents.document_query(), filters, sort, offset, limit)
+    return flow_run_documents.documents(session.execute(query))
 
 
 def count_matching_flow_runs(session: Session, filters: FlowRunFilters) -> int:

@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 from models import flow_runs
 from models.concurrency_slots import release_slots_of_inactive_run
 from models.errors import ObjectNotFoundError
-from models.flow_run_queries import count_matching_flow_runs, read_flow_run_responses
+from models.flow_run_queries import count_matching_flow_runs, read_flow_run_json
 from models.schemas.actions import FlowRunCreate, FlowRunUpdate, StateCreate
 from models.schemas.base import INT64_MAX, ActionModel, DateTime
 from models.schemas.filters import FlowRunFilters
 from models.schemas.graph import Graph
-from models.schemas.responses import DependencyResult, FlowRunResponse, OrchestrationResult
+from models.schemas.responses import DependencyResult, FlowRunJson, FlowRunResponse, OrchestrationResult
 from models.schemas.sorting import FlowRunSort
 from models.schemas.states import StateType, keeps_deployment_slot
 from models.settings import get_settings
@@ -138,9 +138,9 @@ def read_flow_run(session: Session, body: FlowRunId, task_id: str) -> FlowRunRes
 
 
 @flowruns_task("flow_runs.read_flow_runs", ReadFlowRuns, recorded=False)
-def read_flow_runs(session: Session, body: ReadFlowRuns, task_id: str) -> list[FlowRunResponse]:
+def read_flow_runs(session: Session, body: ReadFlowRuns, task_id: str) -> list[FlowRunJson]:
     """A page (at most 200) of the runs the filters select, in the sort's order."""
-    return read_flow_run_responses(session, body, offset=body.offset, limit=body.limit, sort=body.sort)
+    return read_flow_run_json(session, body, offset=body.offset, limit=body.limit, sort=body.sort)
 
 
 @flowruns_task("flow_runs.count_flow_runs", CountFlowRuns, recorded=False)

@@ -13,7 +13,7 @@ from models.schemas.states import State, StateType
 KeyValueLabels = dict[str, Union[bool, int, float, str]]
 
 
-def _backfill_deprecated_retry_fields(values: Any) -> Any:
+def backfill_deprecated_retry_fields(values: Any) -> Any:
     """Prefect's legacy `max_retries`/`retry_delay_seconds` fill the new fields when those are empty."""
     if not isinstance(values, dict):
         return values
@@ -44,7 +44,7 @@ class FlowRunPolicy(FlowrunsModel):
     @model_validator(mode="before")
     @classmethod
     def _populate_deprecated_fields(cls, values: Any) -> Any:
-        return _backfill_deprecated_retry_fields(values)
+        return backfill_deprecated_retry_fields(values)
 
 
 class TaskRunPolicy(FlowrunsModel):
@@ -57,7 +57,7 @@ class TaskRunPolicy(FlowrunsModel):
     @model_validator(mode="before")
     @classmethod
     def _populate_deprecated_fields(cls, values: Any) -> Any:
-        return _backfill_deprecated_retry_fields(values)
+        return backfill_deprecated_retry_fields(values)
 
     @field_validator("retry_delay")
     @classmethod

@@ -5,7 +5,8 @@ import enum
 from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import Field, GetCoreSchemaHandler
+from pydantic_core import core_schema
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.exc import NO_STATE
 
@@ -86,6 +87,15 @@ class FlowRunResponse(FlowRun):
         self.work_queue_name = name
         self.work_pool_id = work_pool_id
         self.work_pool_name = work_pool_name
+
+
+class FlowRunJson(dict[str, Any]):
+    """A `FlowRunResponse` already in its JSON form (`model_dump(mode="json")`), as a read builds it
+    without the model. Its schema (the contract's) is the response's."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return handler(FlowRunResponse)
 
 
 class DependencyResult(FlowrunsModel):
