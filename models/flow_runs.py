@@ -10,14 +10,14 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from models import orm
 from models.database import dialect_name, held_instance
-from models.errors import ObjectNotFoundError, ValidationError
+from models.errors import ValidationError
 from models.flow_run_graph import read_flow_run_graph, read_task_run_dependencies
 from models.flow_run_inserts import Parents, insert_flow_run, new_run_row, persistent_flow_run, read_parents
 from models.flow_run_queries import count_flow_runs, read_flow_runs
 from models.schemas.actions import FlowRunCreate, FlowRunUpdate
 from models.schemas.core import FlowRun
 from models.schemas.responses import OrchestrationResult
-from models.schemas.states import State, StateType
+from models.schemas.states import StateType
 from models.transitions import transition_service
 from models.types import now_utc
 from models.work_queues import resolve_work_queue

@@ -36,7 +36,6 @@ from models.run_snapshots import (
     DeploymentSlot,
     EnclosingFlowRun,
     FlowRunSnapshot,
-    RunSnapshot,
     StateRecord,
     TaskRunSnapshot,
     TransitionWrite,
@@ -413,10 +412,24 @@ def _insert_run_and_state_statement(tables: RunTables) -> sa.Insert:
 
 def _write_in_the_transaction(session: Session, tables: RunTables, write: TransitionWrite) -> WriteResult:
     """SQLite: the caller's transaction holds the database's write lock since it read the run, so
-    nothing can have moved: plain statements, in an order the foreign keys accept."""
+    nothing can have moved; the comparison is still made, and every part that can refuse (the
+    comparison, the inbox row, the slot) comes before anything is written, so a refusal writes
+    nothing. Then plain statements, in an order the foreign keys accept."""
     connection = session.connection()
+    if write.new_run is None:
+        current = connection.execute(
+            sa.select(tables.run.c.state_id).where(tables.run.c.id == write.run_id)
+        ).first()
+        if current is None or current.state_id != write.seen_state_id:
+            return WriteResult(applied=False)
+    if write.inbox is not None and not record_outcome(session, write.inbox.task_id, write.inbox.name,
+                                                      write.inbox.outcome):
+        return WriteResult(applied=False)
     if write.new_run is not None:
         connection.execute(table_insert(tables.run), {**write.new_run, "state_id": None})
+    if write.slots.acquire_limit_id is not None:
+        if acquire_slot(session, write.slots.acquire_limit_id, write.run_id, write.slots.holding_id) is None:
+            raise RuntimeError(f"run {write.run_id}: its slot was taken under the write lock")
     if write.state is not None:
         connection.execute(table_insert(tables.state), write.state)
     changes = dict(write.run_changes)
@@ -424,18 +437,10 @@ def _write_in_the_transaction(session: Session, tables: RunTables, write: Transi
         changes["state_id"] = write.state["id"]
     if changes:
         connection.execute(_update_run_statement(tables), {"run_id": write.run_id, **changes})
-    released = 0
-    if write.slots.acquire_limit_id is not None:
-        if acquire_slot(session, write.slots.acquire_limit_id, write.run_id, write.slots.holding_id) is None:
-            return WriteResult(applied=False)  # cannot happen under the write lock; kept honest
-    if write.slots.release:
-        released = release_flow_run_slots(session, write.run_id)
+    released = release_flow_run_slots(session, write.run_id) if write.slots.release else 0
     if write.cache_entry is not None:
         entry = write.cache_entry
         insert_cache_entry(session, entry.cache_key, entry.cache_expiration, entry.task_run_state_id)
-    if write.inbox is not None and not record_outcome(session, write.inbox.task_id, write.inbox.name,
-                                                      write.inbox.outcome):
-        return WriteResult(applied=False)
     return WriteResult(applied=True, slots_released=released)
 
 

@@ -7,7 +7,8 @@ runs and task runs alike.
             was read with: the state, the run's bookkeeping, the slot taken or given back, the
             cache entry and the inbox row together (`models.transition_sql`)
     again   when the run moved on (or the slot or the inbox row was taken) meanwhile: read and
-            decide again, at most `MAX_ATTEMPTS` times; every such conflict is counted
+            decide again after a short random pause, at most `MAX_ATTEMPTS` times; every such
+            conflict is counted
 
 Transitions of other runs the rules ask for (a subflow's parent task run mirrors its state; old
 clients' failed task runs are rescheduled) are made in the same transaction, right after the
@@ -18,7 +19,9 @@ through the `flowruns.transitions` entry point (`models.transitions`).
 """
 
 import dataclasses
+import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -40,6 +43,7 @@ from models.run_snapshots import (
     TransitionWrite,
     WriteResult,
 )
+from models.schemas.base import deep_copy
 from models.schemas.responses import OrchestrationResult
 from models.schemas.states import AwaitingRetry, State, StateType
 from models.task_run_state_cache import read_cached_state
@@ -71,6 +75,10 @@ from orchestration.task_policy import GlobalTaskPolicy, MinimalTaskPolicy
 
 MAX_ATTEMPTS = 20
 """Reads and decisions one transition may take when others keep changing the run meanwhile."""
+CONFLICT_PAUSE_CAP_SECONDS = 0.05
+"""After a conflict, a transition waits a random moment, up to 1 ms doubled per conflict and at
+most this, before it reads again: writers that keep meeting on one run spread out instead of
+one of them losing every time."""
 
 
 class _Conflicts:
@@ -222,7 +230,9 @@ def _transition(
 ) -> Transition:
     if session.autoflush:
         session.flush()  # as an ORM query would: the session's pending changes are what is read
-    for _attempt in range(MAX_ATTEMPTS):
+    for attempt in range(MAX_ATTEMPTS):
+        if attempt:
+            time.sleep(random.uniform(0, min(0.001 * 2**attempt, CONFLICT_PAUSE_CAP_SECONDS)))
         snapshot, recorded = read()
         if recorded is not None and inbox is not None:
             if recorded.name != inbox.name:
@@ -230,7 +240,7 @@ def _transition(
             return Transition(result=None, encoded=recorded.outcome, replayed=True)
         if snapshot is None:
             raise ObjectNotFoundError(missing)
-        context = decide(snapshot, proposal.model_copy(deep=True))
+        context = decide(snapshot, deep_copy(proposal))  # each attempt decides on a fresh proposal
         result, read_values = _decide(context, policy, global_policy)
         encoded = inbox.encode(result) if inbox is not None else None
         record = InboxRecord(inbox.task_id, inbox.name, encoded) if inbox is not None else None

@@ -14,12 +14,13 @@ from models.schemas.actions import FlowRunCreate, FlowRunUpdate, StateCreate
 from models.schemas.base import INT64_MAX, ActionModel, DateTime
 from models.schemas.filters import FlowRunFilters
 from models.schemas.graph import Graph
-from models.schemas.responses import DependencyResult, FlowRunJson, FlowRunResponse, OrchestrationResult
+from models.schemas.responses import DependencyResult, FlowRunJson, FlowRunResponse
 from models.schemas.sorting import FlowRunSort
 from models.schemas.states import StateType, keeps_deployment_slot
 from models.settings import get_settings
-from orchestration import CoreFlowPolicy
-from tasks.base import FollowUp, flowruns_task, follow_up_id
+from orchestration import CoreFlowPolicy, service
+from orchestration.service import Inbox, Transition
+from tasks.base import FollowUp, flowruns_task, follow_up_id, transition_task
 
 CLEANUP = "flow_runs.cleanup_flow_run_concurrency_slots"
 TRANSITION_ID_NAMESPACE = uuid.UUID("0f3a4c1e-8d2b-4b6e-9a57-3c1d2e4f5a60")
@@ -160,16 +161,17 @@ def update_flow_run(session: Session, body: UpdateFlowRun, task_id: str) -> bool
     return flow_runs.update_flow_run(session, body.flow_run_id, body.flow_run)
 
 
-@flowruns_task("flow_runs.set_flow_run_state", SetFlowRunState, recorded=True, follow_ups=_after_set_state)
-def set_flow_run_state(session: Session, body: SetFlowRunState, task_id: str) -> OrchestrationResult:
+@transition_task("flow_runs.set_flow_run_state", SetFlowRunState, follow_ups=_after_set_state)
+def set_flow_run_state(session: Session, body: SetFlowRunState, inbox: Inbox) -> Transition:
     """Propose the state through the core policy (minimal when forced); the task id is the
     transition id unless the request carries one."""
     state = body.state
     if state.state_details.transition_id is None:
-        details = state.state_details.model_copy(update={"transition_id": transition_id_for(task_id)})
+        details = state.state_details.model_copy(update={"transition_id": transition_id_for(inbox.task_id)})
         state = state.model_copy(update={"state_details": details})
-    return flow_runs.set_flow_run_state(
-        session, body.flow_run_id, state, force=body.force, flow_policy=None if body.force else CoreFlowPolicy
+    return service.set_flow_run_state(
+        session, body.flow_run_id, state, force=body.force, flow_policy=None if body.force else CoreFlowPolicy,
+        inbox=inbox,
     )
 
 

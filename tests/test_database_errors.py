@@ -207,12 +207,12 @@ def test_a_duplicate_key_that_is_no_copy_fails_as_a_validation_error(
 def test_a_read_over_its_time_bound_is_refused_not_retried(
     monkeypatch: pytest.MonkeyPatch, attempts: list[int]
 ) -> None:
-    def slow_count(session: Session, **_: Any) -> int:
+    def slow_count(session: Session, *_: Any, **__: Any) -> int:
         attempts.append(1)
         session.execute(sa.text("SELECT pg_sleep(2)"))
         return 0
 
-    monkeypatch.setattr(flow_runs.flow_runs, "count_flow_runs", slow_count)
+    monkeypatch.setattr(flow_runs, "count_matching_flow_runs", slow_count)
     result = apply(flow_runs.count_flow_runs)
     assert result.state == "FAILURE" and type(result.result).__name__ == "InvalidRequestError"
     assert "took longer than 0.2 s (FLOWRUNS_READ_TIMEOUT_SECONDS)" in str(result.result)

@@ -6,13 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from models import orm, requests
 from models.database import unit_of_work
 from models.errors import ValidationError
-from tasks import deployments, flow_run_states, flow_runs, flows
+from orchestration import service
+from tasks import deployments, flow_run_states, flow_runs, flows, task_runs
 from tests.celery_support import Worker, apply, follow_ups, new_id, offline_app, ok, row_counts, worker  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("db", "follow_ups")
@@ -213,29 +213,88 @@ def blind_next_lookup(monkeypatch: pytest.MonkeyPatch) -> BlindLookup:
 def test_a_copy_that_loses_the_race_at_commit_returns_the_winners_outcome(
     flow_id: str, blind_next_lookup: BlindLookup
 ) -> None:
-    """A copy that did not see the winner's record (they ran at once) orchestrates, records
-    nothing at the end, rolls back and runs again, and then finds the record."""
+    """A copy that did not see the winner's record (they ran at once) does its work, cannot record
+    it at the end, rolls back and runs again, and then finds the record."""
     run = create_run(flow_id)
     task_id = new_id()
-    winner = propose(run["id"], "RUNNING", task_id)
+    winner = ok(flow_runs.update_flow_run, task_id, flow_run_id=run["id"], flow_run={"name": "renamed"})
     calls = blind_next_lookup()
-    assert propose(run["id"], "RUNNING", task_id) == winner
+    assert ok(flow_runs.update_flow_run, task_id, flow_run_id=run["id"], flow_run={"name": "renamed"}) == winner
     assert len(calls) == 2
-    assert history(run["id"]) == ["Pending", "Running"]
 
 
 def test_a_copy_that_fails_where_the_winner_succeeded_returns_the_winners_outcome(
     flow_id: str, blind_next_lookup: BlindLookup
 ) -> None:
     """The copy got past the look-up while the winner ran; the run was deleted before the copy
-    took its lock: not found, but the winner's record is the answer."""
+    wrote: not found, but the winner's record is the answer."""
     run = create_run(flow_id)
     task_id = new_id()
-    winner = propose(run["id"], "RUNNING", task_id)
+    body = {"flow_run_id": run["id"], "task_key": "t", "dynamic_key": "0"}
+    winner = ok(task_runs.create_task_run, task_id, task_run=body)
     assert ok(flow_runs.delete_flow_run, flow_run_id=run["id"]) is True
     calls = blind_next_lookup()
-    assert propose(run["id"], "RUNNING", task_id) == winner
+    assert ok(task_runs.create_task_run, task_id, task_run=body) == winner
     assert len(calls) == 2
+
+
+StaleRead = Callable[[str], list[str]]
+
+
+@pytest.fixture
+def stale_next_read(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], StaleRead]:
+    """`capture(run_id)` reads the run as it is now (no inbox record yet) and returns `arm`; once
+    armed, the next transition read answers with that captured read, as a copy that read before the
+    winner wrote would see it. Later reads see the truth; `arm()` returns the task ids read for."""
+
+    def capture(run_id: str) -> StaleRead:
+        real_read = service.read_flow_run_snapshot
+        with unit_of_work() as session:
+            stale = real_read(session, uuid.UUID(run_id), None, None)
+
+        def arm(_: str = "") -> list[str]:
+            calls: list[str] = []
+
+            def read(session: Session, flow_run_id: uuid.UUID, transition_id: Any, task_id: str | None) -> Any:
+                calls.append(str(task_id))
+                return stale if len(calls) == 1 else real_read(session, flow_run_id, transition_id, task_id)
+
+            monkeypatch.setattr(service, "read_flow_run_snapshot", read)
+            return calls
+
+        return arm
+
+    return capture
+
+
+def test_a_transition_copy_that_read_before_the_winner_wrote_returns_the_winners_outcome(
+    flow_id: str, stale_next_read: Callable[[str], StaleRead]
+) -> None:
+    """The copy decided on the run as it was before the winner's write: its own write finds the run
+    moved on (and the request recorded), so it reads again and answers with the winner's outcome."""
+    run = create_run(flow_id)
+    task_id = new_id()
+    arm = stale_next_read(run["id"])
+    winner = propose(run["id"], "RUNNING", task_id)
+    calls = arm()
+    assert propose(run["id"], "RUNNING", task_id) == winner
+    assert calls == [task_id, task_id]
+    assert history(run["id"]) == ["Pending", "Running"]
+
+
+def test_a_transition_copy_whose_run_was_deleted_returns_the_winners_outcome(
+    flow_id: str, stale_next_read: Callable[[str], StaleRead]
+) -> None:
+    """The copy read the run before the winner wrote; the run was deleted before the copy wrote:
+    its write applies to nothing, and its second read finds the winner's record, not the run."""
+    run = create_run(flow_id)
+    task_id = new_id()
+    arm = stale_next_read(run["id"])
+    winner = propose(run["id"], "RUNNING", task_id)
+    assert ok(flow_runs.delete_flow_run, flow_run_id=run["id"]) is True
+    calls = arm()
+    assert propose(run["id"], "RUNNING", task_id) == winner
+    assert calls == [task_id, task_id]
 
 
 def test_inbox_functions(session: Session) -> None:

@@ -83,6 +83,7 @@ def test_the_guarded_redis_really_requires_its_password(guarded_redis: RedisServ
     assert guarded_redis.client().ping()
 
 
+@pytest.mark.usefixtures("db")  # it creates a run: the database is emptied afterwards
 def test_credentials_never_reach_logs_results_or_command_output(
     database_url: str, guarded_redis: RedisServer, tmp_path: Path
 ) -> None:
