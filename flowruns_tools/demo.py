@@ -72,8 +72,7 @@ def run_demo(runs: int = 8, database: str | None = None) -> int:
 
     from celery.contrib.testing.worker import start_worker
 
-    import tasks  # registers every task
-    from tasks.app import app
+    from tasks import app  # with every task registered
 
     app.conf.update(
         broker_url="memory://",

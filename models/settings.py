@@ -7,7 +7,7 @@ names the file holding the value, used when `FLOWRUNS_<NAME>` itself is not set.
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     graph_max_artifacts: int = Field(default=10_000, ge=1)
 
     # Worker and beat.
+    log_format: Literal["text", "json"] = "text"
     late_runs_after_seconds: float = Field(default=15.0, ge=0)
     late_runs_interval_seconds: float = Field(default=5.0, gt=0)
     reconcile_slots_interval_seconds: float = Field(default=30.0, gt=0)

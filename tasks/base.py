@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -30,9 +31,11 @@ from models.concurrency_slots import slots_released
 from models.database import limit_statement_time, statement_unit, unit_of_work
 from models.database_errors import ErrorKind, classify, refusal_message
 from models.errors import FlowRunGraphTooLarge, InvalidRequestError, ObjectNotFoundError, ValidationError
+from models.schemas.responses import FlowRunJson
 from models.settings import get_settings
 from orchestration.service import Inbox
-from tasks.app import GuardedTask, app
+from tasks import monitoring_events
+from tasks.worker_app import GuardedTask, app
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +141,8 @@ def to_json(value: Any) -> Any:
     """A model function's result as JSON: pydantic models dumped in JSON mode, durations as seconds."""
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json")
+    if isinstance(value, FlowRunJson):
+        return value  # formatted by the database already; a second pass would cost more than the read
     if isinstance(value, (list, tuple)):
         return [to_json(item) for item in value]
     return pydantic_core.to_jsonable_python(value, timedelta_mode="float")
@@ -220,10 +225,16 @@ class FlowrunsTask(GuardedTask):
         body = parse_body(self.spec.body, kwargs)
         task_id = self.request.id or str(uuid.uuid4())
         settings = get_settings()
+        started = time.perf_counter()
         try:
             outcome, released = run_unit(self.spec, body, task_id)
             if self.spec.follow_ups is not None:
                 send_follow_ups(self, self.spec.follow_ups(body, outcome, task_id, released))
+            replayed = self.spec.recorded and released is None
+            if replayed:
+                monitoring_events.emit(monitoring_events.REPLAY, task=self.spec.name, task_id=task_id)
+            log_request(self.spec, body, outcome, task_id, self.request.retries, replayed=replayed,
+                        seconds=time.perf_counter() - started)
         except Exception as error:
             kind = failure_kind(error)
             # A write cancelled by a statement timeout waited on a lock held elsewhere, and an
@@ -234,9 +245,12 @@ class FlowrunsTask(GuardedTask):
                 or isinstance(error, SoftTimeLimitExceeded)
             ):
                 countdown = retry_countdown(self.request.retries, settings.task_retry_backoff_max_seconds)
+                cause = _retry_cause(error)
+                monitoring_events.emit(monitoring_events.RETRY, task=self.spec.name, task_id=task_id, cause=cause)
                 logger.warning("%s[%s] lost a connection or a database race, or ran out of time (%s); "
                                "retrying in %.1fs", self.name, task_id, _first_line(error) or type(error).__name__,
-                               countdown)
+                               countdown, extra={"event": "flowruns.retry", "cause": cause,
+                                                 "retries": self.request.retries, "countdown": round(countdown, 3)})
                 raise self.retry(exc=error, countdown=countdown, max_retries=settings.task_max_retries) from error
             if kind is ErrorKind.REFUSED:
                 raise ValidationError(refusal_message(error, next(iter(self.spec.body.model_fields)))) from error
@@ -251,6 +265,42 @@ class FlowrunsTask(GuardedTask):
 
 def _first_line(error: BaseException) -> str:
     return str(error).split("\n", 1)[0]
+
+
+def _retry_cause(error: BaseException) -> str:
+    """Why an attempt is retried, as a metric label: the database error's class (LockNotAvailable,
+    DeadlockDetected, ...), `SoftTimeLimitExceeded`, or the broker error's."""
+    original = getattr(error, "orig", None)
+    return type(original if original is not None else error).__name__
+
+
+REQUEST_LOG = "flowruns.request"
+
+
+def log_request(
+    spec: TaskSpec, body: Any, outcome: Any, task_id: str, retries: int, replayed: bool, seconds: float
+) -> None:
+    """One line per finished request, with what an operator asks first (see `tasks.log_format`)."""
+    fields: dict[str, Any] = {
+        "event": REQUEST_LOG,
+        "task": spec.name,
+        "task_id": task_id,
+        "duration_ms": round(seconds * 1000, 3),
+        "retries": retries,
+        "replayed": replayed,
+    }
+    run_id = getattr(body, "flow_run_id", None) or getattr(body, "task_run_id", None)
+    if run_id is None and isinstance(outcome, dict) and spec.name.endswith("create_flow_run"):
+        run_id = outcome.get("id")
+    if run_id is not None:
+        fields["run_id"] = str(run_id)
+    proposed = getattr(getattr(body, "state", None), "type", None)
+    if proposed is not None:
+        fields["proposed"] = str(proposed)
+    if isinstance(outcome, dict) and "status" in outcome:
+        state = outcome.get("state") or {}
+        fields.update(outcome=outcome["status"], resulting=state.get("type"), resulting_name=state.get("name"))
+    logger.info("%s[%s] %s", spec.name, task_id, fields.get("outcome", "done"), extra=fields)
 
 
 def flowruns_task(

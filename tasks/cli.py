@@ -124,7 +124,7 @@ def flower(flower_args: tuple[str, ...]) -> None:
 @click.option("--only", default="", help="comma-separated checks to run (database, schema, broker, worker, beat)")
 def check(only: str) -> None:
     """Check the database, its schema, the broker, a worker and beat; exit 1 if any check fails."""
-    from tasks.app import app
+    from tasks.worker_app import app
     from tasks.health import CHECKS, run_checks
 
     names = [name.strip() for name in only.split(",") if name.strip()] or list(CHECKS)
@@ -139,9 +139,26 @@ def check(only: str) -> None:
 
 
 @main.command()
+@click.option("--port", default=9808, show_default=True, help="port of the /metrics endpoint")
+@click.option("--address", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: all)")
+def metrics(port: int, address: str) -> None:
+    """Serve Prometheus metrics: slots per deployment, queue depth, requests and transitions by
+    outcome, retries by cause, inbox replays, reconciler repairs, runs marked late."""
+    import logging
+
+    from tasks.worker_app import app
+    from tasks.metrics import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve(app, get_settings(), port, address)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
 def contract() -> None:
     """Print the wire contract as JSON Schema: every task's kwargs and result (docs/contract.json)."""
-    import tasks  # noqa: F401  (registers every task)
     from tasks.contract import contract_json
 
     click.echo(contract_json(), nl=False)

@@ -50,7 +50,7 @@ MAINTENANCE_RESULTS: dict[str, Any] = {
 def contract_document() -> dict[str, Any]:
     """The whole contract: queues, error classes and, per task, the schema of its kwargs and result
     (each referring to the shared definitions in `$defs`)."""
-    from tasks.app import app  # every task registered (importing `tasks` registers them)
+    from tasks import app  # with every task registered
 
     settings = get_settings()
     entries: dict[str, dict[str, Any]] = {}

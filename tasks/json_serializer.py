@@ -1,7 +1,7 @@
 """kombu's `json` serializer, encoding and decoding with orjson where that changes nothing.
 
 Registered under kombu's own name and content type (`json`, `application/json`, utf-8) by
-`tasks.app`, so every message and result this process sends or reads goes through it, and
+`tasks.worker_app`, so every message and result this process sends or reads goes through it, and
 producers without flowruns see the same JSON as before. What kombu's json did is kept:
 
 - encoding: datetimes, dates and times, Decimals and bytes are sent in kombu's envelope

@@ -23,7 +23,8 @@ from models.schemas.states import Late, StateType
 from models.settings import get_settings
 from models.types import now_utc
 from orchestration import MarkLateRunsPolicy
-from tasks.app import app
+from tasks import monitoring_events
+from tasks.worker_app import app
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ def reconcile_concurrency_slots() -> dict[str, Any]:
     with unit_of_work() as session:
         report = concurrency_slots.reconcile(session)
     logger.info("reconciled concurrency slots: %s", report.as_dict())
+    if any(report.as_dict().values()):
+        monitoring_events.emit(monitoring_events.REPAIR, **report.as_dict())
     return heartbeat("maintenance.reconcile_concurrency_slots", report.as_dict())
 
 
@@ -69,6 +72,7 @@ def mark_late_runs() -> int:
     marked = sum(_mark_late(run_id, scheduled_time) for run_id, scheduled_time in candidates)
     if marked:
         logger.info("marked %d of %d overdue scheduled runs late", marked, len(candidates))
+        monitoring_events.emit(monitoring_events.LATE, marked=marked)
     return heartbeat("maintenance.mark_late_runs", marked)
 
 

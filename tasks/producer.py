@@ -86,7 +86,7 @@ def call(
 
 
 def _flowruns_app() -> Celery:
-    from tasks.app import app
+    from tasks.worker_app import app
 
     return app
 

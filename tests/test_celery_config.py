@@ -21,7 +21,7 @@ from models.database import get_engine
 from models.errors import ObjectNotFoundError, ValidationError
 from models.settings import Settings
 from models.types import now_utc
-from tasks.app import celery_config, create_app
+from tasks.worker_app import celery_config, create_app
 from tasks.base import BACKOFF_BASE_SECONDS, failure_kind, retry_countdown
 from tasks.beat import beat_schedule
 from tests.celery_support import (  # noqa: F401
@@ -157,7 +157,7 @@ def test_engines_are_disposed_in_each_forked_pool_process(monkeypatch: pytest.Mo
     from celery.signals import worker_process_init
 
     disposed: list[bool] = []
-    app_module = sys.modules["tasks.app"]  # `tasks.app` itself names the Celery instance
+    app_module = sys.modules["tasks.worker_app"]
     monkeypatch.setattr(app_module, "dispose_engines", lambda: disposed.append(True))
     worker_process_init.send(sender=None)
     assert disposed == [True]
@@ -276,7 +276,7 @@ def test_beat_drives_the_maintenance_tasks_and_the_health_check_sees_it(
 
 def test_unacknowledged_messages_are_swept_about_as_often_as_the_visibility_timeout() -> None:
     from models.settings import Settings
-    from tasks.app import celery_config
+    from tasks.worker_app import celery_config
 
     options = celery_config(Settings(visibility_timeout=5))["broker_transport_options"]
     assert options["visibility_timeout"] == 5

@@ -14,14 +14,14 @@ from tasks.cli import main as flowruns_cli
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
-PROJECT_SERVICES = ["migrate", "worker", "beat", "flower"]
+PROJECT_SERVICES = ["migrate", "worker", "beat", "flower", "metrics"]
 
 
 def test_compose_has_every_service() -> None:
-    assert set(SERVICES) == {"postgres", "redis", "migrate", "worker", "beat", "flower"}
+    assert set(SERVICES) == {"postgres", "redis", "migrate", "worker", "beat", "flower", "metrics"}
 
 
-@pytest.mark.parametrize("name", ["postgres", "redis", "worker", "beat", "flower"])
+@pytest.mark.parametrize("name", ["postgres", "redis", "worker", "beat", "flower", "metrics"])
 def test_long_running_services_have_healthchecks(name: str) -> None:
     assert SERVICES[name]["healthcheck"]["test"]
 
@@ -55,7 +55,7 @@ def test_flower_starts_only_with_credentials_and_listens_on_this_host() -> None:
 
 
 def test_stopping_gives_running_tasks_their_soft_shutdown() -> None:
-    from tasks.app import SOFT_SHUTDOWN_SECONDS
+    from tasks.worker_app import SOFT_SHUTDOWN_SECONDS
 
     grace = SERVICES["worker"]["stop_grace_period"]
     assert grace.endswith("s") and float(grace[:-1]) > SOFT_SHUTDOWN_SECONDS
@@ -121,3 +121,10 @@ def test_image_build_copies_every_package_and_file_the_build_needs() -> None:
     project = pyproject["project"]
     copied = next(line for line in dockerfile.splitlines() if line.startswith("COPY pyproject.toml")).split()[1:-1]
     assert {"pyproject.toml", project["readme"], *project["license-files"]} <= set(copied)
+
+
+def test_the_exporter_serves_metrics_on_this_host_by_default() -> None:
+    metrics = SERVICES["metrics"]
+    assert metrics["command"][:2] == ["flowruns", "metrics"]
+    assert metrics["ports"] == ["${METRICS_BIND_ADDRESS:-127.0.0.1}:9808:9808"]
+    assert "--port=9808" in metrics["command"] and "9808/metrics" in metrics["healthcheck"]["test"][1]

@@ -14,7 +14,7 @@ from kombu.serialization import dumps as kombu_dumps
 from kombu.serialization import loads as kombu_loads
 from kombu.utils import json as kombu_json
 
-import tasks.app  # noqa: F401  (registers the serializer)
+import tasks.worker_app  # noqa: F401  (registers the serializer)
 from tasks import json_serializer
 
 NOW = datetime.datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc)

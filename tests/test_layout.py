@@ -15,7 +15,7 @@ TOOLS = ("bench", "cpu_usage", "chaos", "demo", "graph_view")
 def test_tasks_holds_no_bench_chaos_or_demo_module() -> None:
     names = {path.stem if path.is_file() else path.name for path in (REPOSITORY / "tasks").iterdir()
              if path.suffix == ".py" or (path / "__init__.py").exists()}
-    assert "app" in names and "cli" in names
+    assert "worker_app" in names and "cli" in names
     assert not [name for name in names if name in TOOLS or any(word in name for word in ("bench", "chaos", "demo"))]
     for name in TOOLS:
         assert (REPOSITORY / "flowruns_tools" / f"{name}.py").exists() or \
@@ -57,3 +57,22 @@ def test_the_transition_service_is_found_through_its_entry_point() -> None:
     from orchestration import service
 
     assert transition_service() is service
+
+
+def test_a_producer_imports_without_the_worker_app() -> None:
+    """Importing the producer client builds no worker app and changes nothing process-wide: kombu's
+    json codec stays kombu's, so the producer's own Celery apps encode as before."""
+    script = ("import json, sys, kombu.serialization as s, tasks.producer\n"
+              "print(json.dumps(['tasks.worker_app' in sys.modules, s.registry._encoders['json'].encoder.__module__]))")
+    output = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
+                            check=True).stdout
+    assert json.loads(output.strip().splitlines()[-1]) == [False, "kombu.utils.json"]
+
+
+def test_celery_finds_the_app_with_every_task_registered() -> None:
+    script = ("import json\nfrom celery.app.utils import find_app\napp = find_app('tasks')\n"
+              "print(json.dumps(sorted(name for name in app.tasks if not name.startswith('celery.'))))")
+    output = subprocess.run([sys.executable, "-c", script], cwd=REPOSITORY, capture_output=True, text=True,
+                            check=True).stdout
+    names = json.loads(output.strip().splitlines()[-1])
+    assert {"flow_runs.set_flow_run_state", "task_runs.set_task_run_state", "maintenance.mark_late_runs"} <= set(names)

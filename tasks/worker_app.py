@@ -15,6 +15,7 @@ from kombu import Queue
 
 from models.database import dispose_engines
 from models.settings import Settings, get_settings
+from tasks import log_format  # noqa: F401  (JSON logs when FLOWRUNS_LOG_FORMAT=json)
 from tasks.beat import beat_schedule
 from tasks.json_serializer import register_json_serializer
 

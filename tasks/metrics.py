@@ -1,0 +1,162 @@
+"""`flowruns metrics`: a Prometheus endpoint for what only flowruns knows.
+
+Two sources. Read at each scrape: the slots each limited deployment holds against its limit
+(the database) and how many requests wait in flowruns' queues (the broker). Counted from the
+worker's events (the same stream Flower reads): requests by task and outcome (a transition's
+ACCEPT, REJECT, WAIT or ABORT), retries by cause, requests answered from the inbox, what the
+slot reconciler repaired, runs marked late. Counters start at zero when the exporter starts, as
+Prometheus counters do; run one exporter per broker.
+
+Flower's own `/metrics` (Celery's view: tasks received, succeeded and failed per worker, their
+runtimes) sits beside this one; neither repeats the other.
+"""
+
+import logging
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from celery import Celery
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from models.settings import Settings
+from tasks import monitoring_events
+
+logger = logging.getLogger(__name__)
+
+TRANSITION_TASKS = frozenset({"flow_runs.set_flow_run_state", "task_runs.set_task_run_state"})
+OUTCOME = re.compile(r"'status': '(ACCEPT|REJECT|WAIT|ABORT)'")
+"""The outcome in a transition's result, as Celery's task-succeeded event shows it (a repr)."""
+RECONNECT_SECONDS = 2.0
+
+
+class DatabaseAndBrokerGauges(Collector):
+    """Gauges read when Prometheus scrapes: slots held and limit per deployment, queue depth."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        held = GaugeMetricFamily("flowruns_deployment_slots_held", "Slots of a deployment's limit held now",
+                                 labels=["deployment_id", "deployment"])
+        limit = GaugeMetricFamily("flowruns_deployment_slots_limit", "A deployment's concurrency limit",
+                                  labels=["deployment_id", "deployment"])
+        try:
+            for deployment_id, name, value, active in _deployment_slots():
+                held.add_metric([str(deployment_id), name], active)
+                limit.add_metric([str(deployment_id), name], value)
+        except Exception:  # noqa: BLE001 - a scrape reports what it can
+            logger.warning("could not read the deployments' slots", exc_info=True)
+        yield held
+        yield limit
+        depth = GaugeMetricFamily("flowruns_queue_depth", "Requests waiting in a flowruns queue", labels=["queue"])
+        for queue in (self.settings.task_queue, self.settings.maintenance_queue):
+            try:
+                depth.add_metric([queue], _queue_depth(self.app, queue))
+            except Exception:  # noqa: BLE001
+                logger.warning("could not read the depth of %s", queue, exc_info=True)
+        yield depth
+
+
+def _deployment_slots() -> list[tuple[Any, str, int, int]]:
+    import sqlalchemy as sa
+
+    from models import orm
+    from models.database import unit_of_work
+
+    with unit_of_work() as session:
+        rows = session.execute(
+            sa.select(orm.Deployment.id, orm.Deployment.name, orm.ConcurrencyLimit.limit,
+                      orm.ConcurrencyLimit.active_slots)
+            .join(orm.ConcurrencyLimit, orm.ConcurrencyLimit.id == orm.Deployment.concurrency_limit_id)
+        ).all()
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def _queue_depth(app: Celery, queue: str) -> int:
+    """Messages waiting in `queue`; 0 for a queue the broker does not hold (Redis keeps no empty list)."""
+    from kombu.exceptions import ChannelError
+
+    with app.connection_for_read() as connection:
+        try:
+            return int(connection.channel().queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:
+            return 0
+
+
+class EventCounters:
+    """Counters fed by the worker's events."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("flowruns_requests", "Finished requests by task and outcome",
+                                ["task", "outcome"], registry=registry)
+        self.transitions = Counter("flowruns_transitions", "Transitions by outcome", ["outcome"], registry=registry)
+        self.retries = Counter("flowruns_retries", "Attempts retried, by cause", ["cause"], registry=registry)
+        self.replays = Counter("flowruns_inbox_replays", "Requests answered with their recorded outcome",
+                               registry=registry)
+        self.repairs = Counter("flowruns_reconciler_repairs", "What the slot reconciler repaired, by kind",
+                               ["kind"], registry=registry)
+        self.late = Counter("flowruns_runs_marked_late", "Runs the late-runs marker marked late", registry=registry)
+
+    def handle(self, event: dict[str, Any], names: dict[str, str], replayed: set[str]) -> None:
+        kind = event.get("type", "")
+        if kind == "task-received":
+            names[event["uuid"]] = event.get("name") or ""
+        elif kind == "task-succeeded":
+            uuid = event.get("uuid", "")
+            name = names.pop(uuid, "")
+            outcome = OUTCOME.search(event.get("result") or "") if name in TRANSITION_TASKS else None
+            self.requests.labels(name or "unknown", outcome.group(1) if outcome else "SUCCESS").inc()
+            if outcome and uuid not in replayed:  # a replay decided nothing again
+                self.transitions.labels(outcome.group(1)).inc()
+            replayed.discard(uuid)
+        elif kind == "task-failed":
+            self.requests.labels(names.pop(event.get("uuid", ""), "") or "unknown", "FAILURE").inc()
+        elif kind == monitoring_events.RETRY:
+            self.retries.labels(event.get("cause") or "unknown").inc()
+        elif kind == monitoring_events.REPLAY:
+            self.replays.inc()
+            replayed.add(event.get("task_id") or "")
+        elif kind == monitoring_events.REPAIR:
+            for field in ("holdings_released", "limits_corrected", "slots_adjusted"):
+                if event.get(field):
+                    self.repairs.labels(field).inc(event[field])
+        elif kind == monitoring_events.LATE:
+            self.late.inc(event.get("marked") or 0)
+
+
+def follow_events(app: Celery, counters: EventCounters) -> None:
+    """Count the worker's events, for good; reconnect when the broker goes away."""
+    names: dict[str, str] = {}
+    replayed: set[str] = set()
+
+    def on_event(event: dict[str, Any]) -> None:
+        counters.handle(event, names, replayed)
+        if len(names) > 100_000:  # tasks whose outcome never came (a lost worker): forget the oldest
+            for key in list(names)[:50_000]:
+                names.pop(key, None)
+        if len(replayed) > 10_000:
+            replayed.clear()
+
+    while True:
+        try:
+            with app.connection_for_read() as connection:
+                receiver = app.events.Receiver(connection, handlers={"*": on_event})
+                receiver.capture(limit=None, timeout=None, wakeup=False)
+        except Exception:  # noqa: BLE001 - reconnect after any broker trouble
+            logger.warning("event stream lost; reconnecting in %.0f s", RECONNECT_SECONDS, exc_info=True)
+            time.sleep(RECONNECT_SECONDS)
+
+
+def serve(app: Celery, settings: Settings, port: int, address: str) -> None:
+    """Serve /metrics on `address:port` until interrupted."""
+    registry = CollectorRegistry()
+    registry.register(DatabaseAndBrokerGauges(app, settings))
+    counters = EventCounters(registry)
+    start_http_server(port, addr=address, registry=registry)
+    logger.info("flowruns metrics on http://%s:%d/metrics", address, port)
+    follow_events(app, counters)
