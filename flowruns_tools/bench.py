@@ -47,6 +47,8 @@ class Figure:
     value: float
     unit: str
     note: str = ""
+    of_commit_rate: float | None = None
+    """A rate as a fraction of the single-row commit rate measured in the same run."""
 
 
 @dataclass
@@ -58,10 +60,12 @@ class Report:
     """Once measured, every rate added is also given as a fraction of this single-row commit rate."""
 
     def add(self, name: str, value: float, unit: str, note: str = "") -> None:
+        ratio = None
         if self.commits_per_second and unit.endswith("/s") and unit != "commits/s":
-            fraction = f"{value / self.commits_per_second:.1%} of single-row commits/s"
+            ratio = value / self.commits_per_second
+            fraction = f"{ratio:.2f}× the single-row commit rate"
             note = f"{note}; {fraction}" if note else fraction
-        self.figures.append(Figure(name, value, unit, note))
+        self.figures.append(Figure(name, value, unit, note, ratio))
         progress(f"  {name}: {value:,.2f} {unit} {note}".rstrip())
 
     def print(self, as_json: bool) -> None:
@@ -153,6 +157,14 @@ def run_models_bench(sizes: list[int], runs: int, as_json: bool) -> Report:
         _bench_transitions(report, url, run_ids, "core-policy transitions/s (no limit)")
         limited_ids = _create_runs(url, flow_id, limited_id, runs)
         _bench_transitions(report, url, limited_ids, "core-policy transitions/s (limit 10)")
+        progress(f"driving {runs} more runs as the worker does (with the inbox, each statement its own commit) ...")
+        worker_ids = _create_runs(url, flow_id, plain_id, runs)
+        _bench_transitions(report, url, worker_ids, "core-policy transitions/s as the worker makes them (no limit)",
+                           as_worker=True)
+        worker_limited_ids = _create_runs(url, flow_id, limited_id, runs)
+        _bench_transitions(report, url, worker_limited_ids,
+                           "core-policy transitions/s as the worker makes them (limit 10)", as_worker=True)
+        run_ids += worker_ids + worker_limited_ids
         progress(f"creating and driving {runs} more runs from {CONCURRENT_THREADS} threads ...")
         threaded_ids = _bench_creates(
             report, url, flow_id, plain_id, runs, threads=CONCURRENT_THREADS,
@@ -162,6 +174,13 @@ def run_models_bench(sizes: list[int], runs: int, as_json: bool) -> Report:
             report, url, threaded_ids, f"core-policy transitions/s, {CONCURRENT_THREADS} threads in one process",
             threads=CONCURRENT_THREADS,
         )
+        threaded_worker_ids = _create_runs(url, flow_id, plain_id, runs)
+        _bench_transitions(
+            report, url, threaded_worker_ids,
+            f"core-policy transitions/s as the worker makes them, {CONCURRENT_THREADS} threads in one process",
+            threads=CONCURRENT_THREADS, as_worker=True,
+        )
+        threaded_ids += threaded_worker_ids
         progress(f"deleting {runs} runs ...")
         _bench_deletes(report, url, run_ids + limited_ids + threaded_ids)
 
@@ -224,25 +243,42 @@ def _in_threads(work: Callable[[list[Any]], None], items: list[Any], threads: in
             future.result()
 
 
-def _bench_transitions(report: Report, url: str, run_ids: list[uuid.UUID], name: str, threads: int = 1) -> None:
+def _bench_transitions(
+    report: Report, url: str, run_ids: list[uuid.UUID], name: str, threads: int = 1, as_worker: bool = False
+) -> None:
+    """Each run PENDING → RUNNING → COMPLETED under the core policy, one transition after another
+    (per thread). In a transaction of its own, through `models.flow_runs`; or `as_worker`: as the
+    worker makes it, each statement its own commit, the request's inbox row in the write."""
     from models import flow_runs
     from models.schemas.responses import SetStateStatus
     from models.schemas.states import Completed, Pending, Running
-    from orchestration import CoreFlowPolicy
+    from orchestration import CoreFlowPolicy, service
 
     rejected: list[uuid.UUID] = []
+    inbox_name = "flow_runs.set_flow_run_state"
+
+    def encode(result: Any) -> Any:
+        return result.model_dump(mode="json")
 
     def drive(share: list[uuid.UUID]) -> None:
         for run_id in share:
             for make in (Pending, Running, Completed):
-                with database.unit_of_work(url) as session:
-                    result = flow_runs.set_flow_run_state(session, run_id, make(), flow_policy=CoreFlowPolicy)
-                    if result.status != SetStateStatus.ACCEPT:
-                        rejected.append(run_id)
+                if as_worker:
+                    with database.statement_unit(url) as session:
+                        inbox = service.Inbox(str(uuid.uuid4()), inbox_name, encode)
+                        result = service.set_flow_run_state(
+                            session, run_id, make(), flow_policy=CoreFlowPolicy, inbox=inbox).result
+                else:
+                    with database.unit_of_work(url) as session:
+                        result = flow_runs.set_flow_run_state(session, run_id, make(), flow_policy=CoreFlowPolicy)
+                if result is None or result.status != SetStateStatus.ACCEPT:
+                    rejected.append(run_id)
 
+    conflicts_before = service.conflicts.count
     seconds = timed(lambda: _in_threads(drive, run_ids, threads))
-    note = f"{len(rejected)} not accepted" if rejected else ""
-    report.add(name, rate(3 * len(run_ids), seconds), "transitions/s", note)
+    notes = [f"{len(rejected)} not accepted"] if rejected else []
+    notes.append(f"{service.conflicts.count - conflicts_before} conflicts decided again")
+    report.add(name, rate(3 * len(run_ids), seconds), "transitions/s", "; ".join(notes))
 
 
 def _bench_deletes(report: Report, url: str, run_ids: list[uuid.UUID]) -> None:
@@ -314,8 +350,10 @@ def _bulk_load(url: str, flow_id: uuid.UUID, deployment_ids: list[uuid.UUID], co
 
 def _bench_reads(report: Report, url: str, size: int, deployment_id: uuid.UUID) -> None:
     from models import flow_runs
-    from models.flow_run_queries import read_flow_run_responses
+    from models.flow_run_queries import read_flow_run_json
     from models.schemas import filters
+    from models.schemas.filters import FlowRunFilters
+    from tasks.json_serializer import dumps
 
     cases = {
         "state-type filter": {"flow_run_filter": filters.FlowRunFilter(
@@ -327,15 +365,15 @@ def _bench_reads(report: Report, url: str, size: int, deployment_id: uuid.UUID) 
             state=filters.TaskRunFilterState(type=filters.TaskRunFilterStateType(any_=["COMPLETED"])))},
     }
     gc.collect()
-    gc.freeze()  # as a worker does once started (tasks/app.py): full collections skip start-up objects
+    gc.freeze()  # as a worker does once started (tasks/worker_app.py): full collections skip start-up objects
     for label, kwargs in cases.items():
         reads, counts = [], []
         for _ in range(LATENCY_CALLS):
             with database.unit_of_work(url) as session:
                 started = time.perf_counter()
                 # What the `flow_runs.read_flow_runs` task does, then the JSON text of its result.
-                runs = read_flow_run_responses(session, limit=READ_PAGE, **kwargs)
-                json.dumps([run.model_dump(mode="json") for run in runs])
+                runs = read_flow_run_json(session, FlowRunFilters(**kwargs), limit=READ_PAGE)
+                dumps(runs)
                 reads.append((time.perf_counter() - started) * 1000)
                 started = time.perf_counter()
                 flow_runs.count_flow_runs(session, **kwargs)
@@ -418,7 +456,7 @@ def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int
     label = f"{concurrency} process{'es' if concurrency > 1 else ''}"
     settings = {"visibility_timeout": 1800, "task_retry_backoff_max_seconds": 60}
     with chaos.world(options, f"bench-{concurrency}", loglevel="WARNING", concurrency=concurrency,
-                     worker_settings=settings, resend_after=3600.0) as scenario:
+                     worker_settings=settings, resend_after=3600.0, worker_app=CEILING_APP) as scenario:
         scenario.start_worker()
         flow_id, (deployment_id,) = scenario.make_deployments(1, None)
         driver = scenario.driver
@@ -448,14 +486,26 @@ def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int
             "this producer": [os.getpid()],
         }
         pids = [pid for group in processes.values() for pid in group]
+        worker_pids = [scenario.worker.pid, *scenario.worker.children()]
+        memory = _MemoryWatch(worker_pids)
         before = cpu_usage.snapshot(pids) if cpu_usage.available() else None
         started = time.perf_counter()
-        transitions, seconds, latencies = _drive_concurrently(driver, concurrent_runs, in_flight)
+        transitions, seconds, latencies = _drive_concurrently(driver, concurrent_runs, in_flight,
+                                                              on_progress=memory.sample)
         if before is not None:
             _report_cpu(report, label, before, cpu_usage.snapshot(pids), processes, 3 * len(concurrent_runs),
                         time.perf_counter() - started)
         throughput = rate(transitions, seconds)
         report.add(f"{label}: transitions/s sustained, {in_flight} in flight", throughput, "transitions/s")
+        memory.report(report, label)
+
+        progress(f"  the ceiling: {3 * len(concurrent_runs)} requests of {NO_DATABASE}, the same way ...")
+        ceiling_transitions, ceiling_seconds, _ = _drive_concurrently(driver, concurrent_runs, in_flight,
+                                                                      task_name=NO_DATABASE)
+        ceiling = rate(ceiling_transitions, ceiling_seconds)
+        report.add(f"{label}: no-database ceiling, {in_flight} in flight", ceiling, "requests/s",
+                   "the same worker, settings and messages; the task does no database work")
+        report.add(f"{label}: transitions/s as a fraction of that ceiling", throughput / ceiling, "×")
         for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
             value = percentile(latencies, fraction) * 1000
             report.add(f"{label}: latency {name}, {in_flight} in flight", value, "ms",
@@ -483,6 +533,37 @@ def _report_cpu(report: Report, label: str, before: Any, after: Any, processes: 
 
 LIFE = ("PENDING", "RUNNING", "COMPLETED")
 
+CEILING_APP = "flowruns_tools.ceiling_app"
+NO_DATABASE = "bench.no_database"
+MEMORY_FIRST_SAMPLE = 5_000
+"""Worker memory is read after this many transitions, and again at the end."""
+
+
+class _MemoryWatch:
+    """Resident size of the worker's processes after the first transitions and at the end: a
+    worker that keeps growing under a steady load leaks."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.first: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.done = 0
+
+    def sample(self, done: int) -> None:
+        self.done = done
+        if done == MEMORY_FIRST_SAMPLE:
+            self.first = {pid: cpu_usage.resident_kib(pid) for pid in self.pids}
+
+    def report(self, report: Report, label: str) -> None:
+        self.last = {pid: cpu_usage.resident_kib(pid) for pid in self.pids}
+        if not self.first:
+            progress(f"  memory: fewer than {MEMORY_FIRST_SAMPLE} transitions, no growth figure")
+            return
+        growth = max((self.last[pid] - self.first[pid]) / self.first[pid] for pid in self.pids if self.first[pid])
+        sizes = ", ".join(f"{self.first[pid] // 1024}→{self.last[pid] // 1024} MiB" for pid in self.pids)
+        report.add(f"{label}: worker memory growth, transitions {MEMORY_FIRST_SAMPLE:,}→{self.done:,}", growth * 100,
+                   "%", f"resident size per process (main, pool): {sizes}")
+
 
 def _drive_serially(driver: Any, run_ids: list[str]) -> list[float]:
     """One request outstanding at a time; the round trip of each."""
@@ -498,7 +579,10 @@ def _drive_serially(driver: Any, run_ids: list[str]) -> list[float]:
     return latencies
 
 
-def _drive_concurrently(driver: Any, run_ids: list[str], in_flight: int) -> tuple[int, float, list[float]]:
+def _drive_concurrently(
+    driver: Any, run_ids: list[str], in_flight: int, task_name: str = "flow_runs.set_flow_run_state",
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[int, float, list[float]]:
     """Each run's next transition is sent when its last result arrives; a finished run makes room for
     the next. The rate counts the steady part: from the first result until the last run was started."""
     pending_runs = list(reversed(run_ids))
@@ -507,7 +591,7 @@ def _drive_concurrently(driver: Any, run_ids: list[str], in_flight: int) -> tupl
     steady: dict[str, float] = {}
 
     def propose(run_id: str, step: int) -> None:
-        driver.submit("flow_runs.set_flow_run_state", {"flow_run_id": run_id, "state": {"type": LIFE[step]}},
+        driver.submit(task_name, {"flow_run_id": run_id, "state": {"type": LIFE[step]}},
                       on_done=lambda request: finished(request, run_id, step))
 
     def finished(request: Any, run_id: str, step: int) -> None:
@@ -515,6 +599,8 @@ def _drive_concurrently(driver: Any, run_ids: list[str], in_flight: int) -> tupl
             raise RuntimeError(f"bench transition not accepted: {request.result}")
         latencies.append(request.latency)
         done[0] += 1
+        if on_progress is not None:
+            on_progress(done[0])
         steady.setdefault("first", time.perf_counter())
         steady.setdefault("first_done", done[0])
         if step + 1 < len(LIFE):

@@ -20,16 +20,23 @@ def test_bench_models_measures_every_figure_in_a_scratch_database() -> None:
     figures = {figure["name"]: figure["value"] for figure in report["figures"]}
     rates = ("creates/s (with a Scheduled state)", "core-policy transitions/s (no limit)",
              "core-policy transitions/s (limit 10)", "creates/s, 4 threads in one process",
-             "core-policy transitions/s, 4 threads in one process", "deletes/s")
+             "core-policy transitions/s, 4 threads in one process", "deletes/s",
+             "core-policy transitions/s as the worker makes them (no limit)",
+             "core-policy transitions/s as the worker makes them (limit 10)",
+             "core-policy transitions/s as the worker makes them, 4 threads in one process")
     for name in (*rates, "single-row commits/s (as bench limit)"):
         assert figures[name] > 0
     for label in ("state-type", "tag", "deployment", "task-run"):
         assert figures[f"read 200 + JSON, {label} filter, 60 runs: median"] > 0
         assert figures[f"count, {label} filter, 60 runs: median"] > 0
     notes = {figure["name"]: figure["note"] for figure in report["figures"]}
+    ratios = {figure["name"]: figure["of_commit_rate"] for figure in report["figures"]}
     for name in rates:
-        assert notes[name].endswith("of single-row commits/s")
+        assert ratios[name] > 0 and notes[name].endswith("× the single-row commit rate")
         assert "not accepted" not in notes[name], f"{name}: a transition of the bench was not accepted"
+    for name in rates:
+        if "transitions/s" in name:
+            assert "conflicts decided again" in notes[name]
 
 
 @pytest.mark.skipif(not cpu_usage.available(), reason="needs /proc")

@@ -115,7 +115,7 @@ class World:
     def __init__(self, name: str, database_url: str, broker_url: str, log_dir: Path, copies: int = 1,
                  worker_settings: dict[str, Any] | None = None, loglevel: str = "INFO",
                  concurrency: int = WORKER_PROCESSES, worker_code: Path | None = None,
-                 resend_after: float = RESEND_AFTER_SECONDS) -> None:
+                 resend_after: float = RESEND_AFTER_SECONDS, worker_app: str = "tasks") -> None:
         self.name = name
         self.database_url = database_url
         self.broker_url = broker_url
@@ -130,7 +130,8 @@ class World:
         env = worker_env(database_url, broker_url, broker_url, self.queue, **settings)
         self.supervisor_events: list[str] = []
         self._next_supervision = 0.0
-        self.worker = WorkerProcess(env, log_dir, name, concurrency=concurrency, loglevel=loglevel, code=worker_code)
+        self.worker = WorkerProcess(env, log_dir, name, concurrency=concurrency, loglevel=loglevel, code=worker_code,
+                                    app=worker_app)
 
     def tick(self) -> None:
         """Between pumps: supervise the worker (at most twice a second)."""

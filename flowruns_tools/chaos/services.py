@@ -290,11 +290,13 @@ def worker_env(database_url: str, broker_url: str, result_backend: str, queue: s
 
 
 class WorkerProcess:
-    """`celery -A tasks worker` (prefork) as a subprocess; killed and restarted by pid, never by name."""
+    """`celery -A tasks worker` (prefork; or another app module that extends it) as a subprocess;
+    killed and restarted by pid, never by name."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, label: str, concurrency: int = WORKER_PROCESSES,
-                 loglevel: str = "INFO", code: Path | None = None) -> None:
+                 loglevel: str = "INFO", code: Path | None = None, app: str = "tasks") -> None:
         self.code = code or REPOSITORY
+        self.app = app
         self.env = {**env, "PYTHONPATH": str(self.code)} if code is not None else env
         self.log_dir = log_dir
         self.label = label
@@ -318,7 +320,7 @@ class WorkerProcess:
         hostname = f"{self.label}-{self.generation}@{socket.gethostname()}"
         log = self.log_dir / f"worker-{self.label}-{self.generation}.log"
         self.logs.append(log)
-        command = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork",
+        command = [sys.executable, "-m", "celery", "-A", self.app, "worker", "--pool", "prefork",
                    "--concurrency", str(self.concurrency), "--loglevel", self.loglevel, "--hostname", hostname,
                    "--without-mingle", "--without-gossip"]
         with log.open("wb") as output:
