@@ -412,9 +412,9 @@ def _insert_run_and_state_statement(tables: RunTables) -> sa.Insert:
 
 def _write_in_the_transaction(session: Session, tables: RunTables, write: TransitionWrite) -> WriteResult:
     """SQLite: the caller's transaction holds the database's write lock since it read the run, so
-    nothing can have moved; the comparison is still made, and every part that can refuse (the
-    comparison, the inbox row, the slot) comes before anything is written, so a refusal writes
-    nothing. Then plain statements, in an order the foreign keys accept."""
+    nothing can have moved; the comparison is still made (a SELECT), and the parts that can refuse
+    (the comparison, the inbox row) come before anything is written, so a refusal writes nothing.
+    Then plain statements, in an order the foreign keys accept."""
     connection = session.connection()
     if write.new_run is None:
         current = connection.execute(
@@ -427,9 +427,6 @@ def _write_in_the_transaction(session: Session, tables: RunTables, write: Transi
         return WriteResult(applied=False)
     if write.new_run is not None:
         connection.execute(table_insert(tables.run), {**write.new_run, "state_id": None})
-    if write.slots.acquire_limit_id is not None:
-        if acquire_slot(session, write.slots.acquire_limit_id, write.run_id, write.slots.holding_id) is None:
-            raise RuntimeError(f"run {write.run_id}: its slot was taken under the write lock")
     if write.state is not None:
         connection.execute(table_insert(tables.state), write.state)
     changes = dict(write.run_changes)
@@ -437,6 +434,10 @@ def _write_in_the_transaction(session: Session, tables: RunTables, write: Transi
         changes["state_id"] = write.state["id"]
     if changes:
         connection.execute(_update_run_statement(tables), {"run_id": write.run_id, **changes})
+    if write.slots.acquire_limit_id is not None:
+        if acquire_slot(session, write.slots.acquire_limit_id, write.run_id, write.slots.holding_id) is None:
+            # Cannot happen under the write lock; raised, so the caller's transaction rolls back.
+            raise RuntimeError(f"run {write.run_id}: its slot was taken under the write lock")
     released = release_flow_run_slots(session, write.run_id) if write.slots.release else 0
     if write.cache_entry is not None:
         entry = write.cache_entry
