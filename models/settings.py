@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     result_backend: str = "redis://localhost:6379/1"
     task_queue: str = Field(default="flowruns", min_length=1)
     visibility_timeout: int = Field(default=1800, ge=1)
+    """Redis only: how long a message may stay unacknowledged before Redis hands it out again."""
+    broker_delivery_limit: int = Field(default=6, ge=1)
+    """RabbitMQ only: deliveries of one message (each lost with its worker) before it is dead-lettered."""
 
     # Orchestration knobs (Prefect's server defaults).
     concurrency_slot_wait_seconds: float = Field(default=30.0, ge=0)

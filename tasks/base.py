@@ -35,6 +35,7 @@ from models.schemas.responses import FlowRunJson
 from models.settings import get_settings
 from orchestration.service import Inbox
 from tasks import monitoring_events
+from tasks.broker_topology import broker_countdown
 from tasks.worker_app import GuardedTask, app
 
 logger = logging.getLogger(__name__)
@@ -244,7 +245,8 @@ class FlowrunsTask(GuardedTask):
                 or (kind is ErrorKind.CANCELLED and self.spec.recorded)
                 or isinstance(error, SoftTimeLimitExceeded)
             ):
-                countdown = retry_countdown(self.request.retries, settings.task_retry_backoff_max_seconds)
+                countdown = broker_countdown(
+                    retry_countdown(self.request.retries, settings.task_retry_backoff_max_seconds), settings.broker_url)
                 cause = _retry_cause(error)
                 monitoring_events.emit(monitoring_events.RETRY, task=self.spec.name, task_id=task_id, cause=cause)
                 logger.warning("%s[%s] lost a connection or a database race, or ran out of time (%s); "

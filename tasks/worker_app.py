@@ -1,8 +1,9 @@
 """The Celery application, configured from the one settings object.
 
 Reliability baseline (docs/ECOSYSTEM-NOTES.md sections 1 and 7): JSON only, late acks with
-rejection on worker loss, one reserved message per process, the Redis visibility timeout set in
-all three places, and task events on so Flower sees every task by name. The JSON is encoded and
+rejection on worker loss, one reserved message per process, task events on so Flower sees every
+task by name, and per broker what `tasks.broker_topology` says (Redis: the visibility timeout in
+all three places; RabbitMQ: quorum queues, a delivery limit, dead-letter queues, publisher confirms). The JSON is encoded and
 decoded with orjson (`tasks.json_serializer`: kombu's `json`, same content type, same values).
 """
 
@@ -11,12 +12,12 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_process_init, worker_ready
-from kombu import Queue
 
 from models.database import dispose_engines
 from models.settings import Settings, get_settings
 from tasks import log_format  # noqa: F401  (JSON logs when FLOWRUNS_LOG_FORMAT=json)
 from tasks.beat import beat_schedule
+from tasks.broker_topology import broker_config, install_dead_letter_queues
 from tasks.json_serializer import register_json_serializer
 
 RESULT_EXPIRES_SECONDS = 24 * 3600
@@ -28,14 +29,6 @@ SOFT_SHUTDOWN_SECONDS = 10.0
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings for `settings` (a plain dict, so tests can inspect it)."""
-    transport_options = {
-        "visibility_timeout": settings.visibility_timeout,
-        # Kombu sweeps for expired unacknowledged messages only every interval x throttle
-        # (10 s x 10 by default): sweep often enough that a dead worker's messages come back
-        # about when the visibility timeout says, not 100 s later.
-        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 5)),
-        "unacked_restore_throttle": 1,
-    }
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
@@ -43,7 +36,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # another Celery app, neither side's workers take the other's messages. Beat's maintenance
         # tasks have a queue of their own; a worker consumes both unless `-Q` says otherwise.
         "task_default_queue": settings.task_queue,
-        "task_queues": (Queue(settings.task_queue), Queue(settings.maintenance_queue)),
         "task_routes": {"maintenance.*": {"queue": settings.maintenance_queue}},
         # JSON only: a pickle message is refused before anything runs.
         "task_serializer": "json",
@@ -62,10 +54,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit_seconds,
         "worker_soft_shutdown_timeout": SOFT_SHUTDOWN_SECONDS,
         "broker_connection_retry_on_startup": True,
-        # Kombu reads the timeout from each place separately; keep them equal.
-        "broker_transport_options": transport_options,
-        "result_backend_transport_options": transport_options,
-        "visibility_timeout": settings.visibility_timeout,
         # Monitoring: task events (sent, received, started, ...), and name and kwargs kept with the result.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
@@ -73,6 +61,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_expires": RESULT_EXPIRES_SECONDS,
         "enable_utc": True,
         "timezone": "UTC",
+        # The queues and transport options of this broker kind (tasks.broker_topology).
+        **broker_config(settings),
     }
 
 
@@ -92,6 +82,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     register_json_serializer()
     app = Celery("flowruns", task_cls=GuardedTask)
     app.conf.update(celery_config(settings), beat_schedule=beat_schedule(settings))
+    install_dead_letter_queues(app, settings)
     return app
 
 

@@ -30,6 +30,7 @@ import redis
 import sqlalchemy as sa
 from celery import Celery
 from celery.result import AsyncResult
+from kombu import Queue
 
 import tasks
 import tasks.base
@@ -37,6 +38,7 @@ from flowruns_tools.chaos.producer import publish_raw
 from models import database
 from models.orm import Base
 from tasks.base import FollowUp
+from tasks.broker_topology import broker_kind
 
 REDIS_URL = os.environ.get("FLOWRUNS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BROKER_URL = f"{REDIS_URL}/14"
@@ -102,6 +104,14 @@ class Worker:
     process: subprocess.Popen[bytes]
     log: Path
     results: redis.Redis
+    environment: dict[str, str] | None = None
+
+    def restart(self) -> None:
+        """Start the same worker command again (after it died or was stopped), logging to the same file."""
+        stop_process(self.process)
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(self.process.args, cwd=REPOSITORY, env=self.environment,
+                                            stdout=output, stderr=subprocess.STDOUT)
 
     def send(self, name: str, task_id: str | None = None, **options: Any) -> AsyncResult:
         return self.producer.send_task(name, task_id=task_id or new_id(), **options)
@@ -149,11 +159,14 @@ def worker(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @contextmanager
 def running_worker(
     database_url: str, directory: Path, app: str = "tasks", queue: str | None = None, broker_url: str = BROKER_URL,
-    **settings: str,
+    pool: str = "prefork", **settings: str,
 ) -> Iterator[Worker]:
     """`celery -A <app> worker` on a queue of its own (or `queue`, with no FLOWRUNS_TASK_QUEUE set
-    when it is the default); `settings` are extra FLOWRUNS_* values."""
-    if not _redis_available(broker_url):
+    when it is the default); `settings` are extra FLOWRUNS_* values. On a RabbitMQ `broker_url`
+    (a vhost of the test's own, `tests.rabbitmq`) the worker declares the queues and the producer
+    declares nothing, as the README tells producers to do."""
+    on_redis = broker_kind(broker_url) == "redis"
+    if on_redis and not _redis_available(broker_url):
         pytest.skip(f"no Redis at {REDIS_URL}")
     default_queue = queue == "flowruns"
     queue = queue or f"flowruns-test-{uuid.uuid4().hex[:10]}"
@@ -171,25 +184,29 @@ def running_worker(
     }
     command = [
         sys.executable, "-m", "celery", "-A", app, "worker",
-        "--loglevel", "INFO", "--concurrency", "2", "--hostname", hostname,
+        "--loglevel", "INFO", "--concurrency", "2", "--pool", pool, "--hostname", hostname,
         "--without-mingle", "--without-gossip",
     ]
     with log.open("wb") as output:
         process = subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=output, stderr=subprocess.STDOUT)
     producer = Celery("foreign-producer", broker=broker_url, backend=RESULT_BACKEND, set_as_current=False)
     producer.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=True)
+    if not on_redis:
+        producer.conf.task_queues = [Queue(queue, no_declare=True)]
     results = redis.Redis.from_url(RESULT_BACKEND)
-    handle = Worker(producer=producer, queue=queue, hostname=hostname, process=process, log=log, results=results)
+    handle = Worker(producer=producer, queue=queue, hostname=hostname, process=process, log=log, results=results,
+                    environment=env)
     try:
         _wait_until_ready(handle)
         yield handle
     finally:
         stop_process(process)
         producer.close()
-        broker = redis.Redis.from_url(broker_url)
-        for name in (queue, f"{queue}.maintenance"):
-            broker.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
-        broker.close()
+        if on_redis:
+            broker = redis.Redis.from_url(broker_url)
+            for name in (queue, f"{queue}.maintenance"):
+                broker.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
+            broker.close()
         _forget_results_of(results, queue)
         results.close()
 

@@ -278,6 +278,27 @@ def test_unacknowledged_messages_are_swept_about_as_often_as_the_visibility_time
     from models.settings import Settings
     from tasks.worker_app import celery_config
 
-    options = celery_config(Settings(visibility_timeout=5))["broker_transport_options"]
+    options = celery_config(Settings(visibility_timeout=5, broker_url="redis://b/0"))["broker_transport_options"]
     assert options["visibility_timeout"] == 5
     assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 5
+
+
+def test_redis_only_options_are_given_to_redis_only() -> None:
+    on_rabbitmq = create_app(Settings(broker_url="amqp://guest:guest@rabbit:5672//", result_backend="redis://r/1")).conf
+    assert "visibility_timeout" not in on_rabbitmq.broker_transport_options
+    assert on_rabbitmq.broker_transport_options["confirm_publish"] is True
+    assert on_rabbitmq.result_backend_transport_options["visibility_timeout"] == Settings().visibility_timeout
+    assert on_rabbitmq.get("visibility_timeout") is None
+    queue = next(q for q in on_rabbitmq.task_queues if q.name == "flowruns")
+    assert queue.queue_arguments["x-queue-type"] == "quorum" and queue.exchange.type == "topic"
+
+    on_redis = create_app(Settings(broker_url="redis://b/3", result_backend="redis://r/4")).conf
+    assert all(not q.queue_arguments for q in on_redis.task_queues)
+    assert "confirm_publish" not in on_redis.broker_transport_options
+
+
+def test_retry_countdowns_on_rabbitmq_are_whole_seconds_of_at_least_one() -> None:
+    from tasks.broker_topology import broker_countdown
+
+    assert broker_countdown(0.1, "amqp://h//") == 1.0 and broker_countdown(2.2, "pyamqp://h//") == 3.0
+    assert broker_countdown(0.1, "redis://h/0") == 0.1

@@ -1,0 +1,139 @@
+"""What each broker needs: the queues flowruns declares and the transport options, per broker kind.
+
+Redis: plain queues (lists); the visibility timeout decides when an unacknowledged message of a
+dead worker comes back, so it is set in every place kombu reads it, and the sweep for such
+messages runs often enough to honour it.
+
+RabbitMQ: durable quorum queues (replicated, and they count deliveries), each on a topic
+exchange of its own so that retry countdowns use RabbitMQ's native delayed delivery instead of
+being held unacknowledged in a worker's memory. A message delivered more than
+`FLOWRUNS_BROKER_DELIVERY_LIMIT` times (its worker died under it again and again) is
+dead-lettered into `<queue>.dead-letter`, where it stays, visible, until an operator looks at it.
+Publisher confirms are on: a publish returns once the broker has the message.
+"""
+
+import math
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery import Celery, bootsteps
+from kombu import Exchange, Queue
+
+from models.settings import Settings
+
+REDIS_SCHEMES = {"redis", "rediss", "redis+socket", "sentinel"}
+AMQP_SCHEMES = {"amqp", "amqps", "pyamqp"}
+
+
+def broker_kind(url: str) -> str:
+    """`redis`, `amqp`, or the URL's scheme for any other transport (configured as Celery's defaults)."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in REDIS_SCHEMES:
+        return "redis"
+    if scheme in AMQP_SCHEMES:
+        return "amqp"
+    return scheme
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    return f"{queue}.dead-letter"
+
+
+def task_queues(settings: Settings) -> tuple[Queue, ...]:
+    """The request queue and the maintenance queue, as this broker wants them declared."""
+    names = (settings.task_queue, settings.maintenance_queue)
+    if broker_kind(settings.broker_url) != "amqp":
+        return tuple(Queue(name) for name in names)
+    return tuple(_quorum_queue(name, settings.broker_delivery_limit) for name in names)
+
+
+def _quorum_queue(name: str, delivery_limit: int) -> Queue:
+    return Queue(
+        name,
+        Exchange(name, type="topic", durable=True),
+        routing_key=name,
+        durable=True,
+        queue_arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": delivery_limit,
+            "x-dead-letter-exchange": dead_letter_queue_name(name),
+            "x-dead-letter-routing-key": dead_letter_queue_name(name),
+        },
+    )
+
+
+def dead_letter_queues(settings: Settings) -> tuple[Queue, ...]:
+    """Where RabbitMQ parks the messages over the delivery limit (none on other brokers)."""
+    if broker_kind(settings.broker_url) != "amqp":
+        return ()
+    return tuple(
+        Queue(dead_letter_queue_name(name), Exchange(dead_letter_queue_name(name), type="direct", durable=True),
+              routing_key=dead_letter_queue_name(name), durable=True, queue_arguments={"x-queue-type": "quorum"})
+        for name in (settings.task_queue, settings.maintenance_queue)
+    )
+
+
+def broker_countdown(countdown: float, broker_url: str) -> float:
+    """A retry's countdown as this broker can honour it. RabbitMQ's native delayed delivery counts
+    whole seconds and refuses a delay under one (Celery then rejects the message, unretried): round
+    up to at least a second there."""
+    if broker_kind(broker_url) == "amqp":
+        return float(max(1, math.ceil(countdown)))
+    return countdown
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    kind = broker_kind(settings.broker_url)
+    if kind == "redis":
+        return redis_transport_options(settings)
+    if kind == "amqp":
+        return {"confirm_publish": True}
+    return {}
+
+
+def result_backend_transport_options(settings: Settings) -> dict[str, Any]:
+    return redis_transport_options(settings) if broker_kind(settings.result_backend) == "redis" else {}
+
+
+def redis_transport_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        # Kombu sweeps for expired unacknowledged messages only every interval x throttle
+        # (10 s x 10 by default): sweep often enough that a dead worker's messages come back
+        # about when the visibility timeout says, not 100 s later.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 5)),
+        "unacked_restore_throttle": 1,
+    }
+
+
+def broker_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings that depend on the broker kind."""
+    config: dict[str, Any] = {
+        "task_queues": task_queues(settings),
+        "broker_transport_options": broker_transport_options(settings),
+        "result_backend_transport_options": result_backend_transport_options(settings),
+    }
+    if broker_kind(settings.broker_url) == "redis":
+        config["visibility_timeout"] = settings.visibility_timeout  # kombu reads it here too
+    return config
+
+
+class DeclareDeadLetterQueues(bootsteps.StartStopStep):
+    """Before the worker consumes, the dead-letter exchanges and queues exist (a message RabbitMQ
+    dead-letters to an exchange that does not exist is dropped). Runs again after a reconnect."""
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def start(self, c: Any) -> None:
+        queues = c.app.conf.get("flowruns_dead_letter_queues") or ()
+        if not queues:
+            return
+        with c.app.connection_for_write() as connection:
+            channel = connection.default_channel
+            for queue in queues:
+                queue.bind(channel).declare()
+
+
+def install_dead_letter_queues(app: Celery, settings: Settings) -> None:
+    app.conf.flowruns_dead_letter_queues = dead_letter_queues(settings)
+    app.steps["consumer"].add(DeclareDeadLetterQueues)
