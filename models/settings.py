@@ -8,6 +8,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
@@ -57,6 +58,8 @@ class Settings(BaseSettings):
     """Put into `database_url` (replacing any password there): keeps the password out of the URL
     an operator sees, e.g. from a secret file (`FLOWRUNS_DATABASE_PASSWORD_FILE`)."""
     broker_url: str = "redis://localhost:6379/0"
+    broker_password: SecretStr | None = None
+    """Put into `broker_url` (replacing any password there), as `database_password` is into its URL."""
     flower_basic_auth: SecretStr | None = None
     """`user:password` (comma-separated pairs for several users) that `flowruns flower` requires."""
     result_backend: str = "redis://localhost:6379/1"
@@ -110,6 +113,18 @@ class Settings(BaseSettings):
 
             url = make_url(self.database_url).set(password=self.database_password.get_secret_value())
             self.database_url = url.render_as_string(hide_password=False)
+        return self
+
+    @model_validator(mode="after")
+    def _password_into_the_broker_url(self) -> "Settings":
+        if self.broker_password is not None:
+            parts = urlsplit(self.broker_url)
+            if not parts.hostname:
+                raise ValueError("FLOWRUNS_BROKER_PASSWORD needs a host in FLOWRUNS_BROKER_URL")
+            user = parts.username or ""
+            password = quote(self.broker_password.get_secret_value(), safe="")
+            host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+            self.broker_url = urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{password}@{host}"))
         return self
 
     @model_validator(mode="after")

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from models.settings import Settings
 from tasks import monitoring_events
+from tasks.broker_topology import dead_letter_queues
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,19 @@ class DatabaseAndBrokerGauges(Collector):
             logger.warning("could not read the deployments' slots", exc_info=True)
         yield held
         yield limit
-        depth = GaugeMetricFamily("flowruns_queue_depth", "Requests waiting in a flowruns queue", labels=["queue"])
-        for queue in (self.settings.task_queue, self.settings.maintenance_queue):
+        depth = GaugeMetricFamily("flowruns_queue_depth", "Requests waiting in a flowruns queue (in a dead-letter "
+                                  "queue: messages RabbitMQ parked)", labels=["queue"])
+        for queue in monitored_queues(self.settings):
             try:
                 depth.add_metric([queue], _queue_depth(self.app, queue))
             except Exception:  # noqa: BLE001
                 logger.warning("could not read the depth of %s", queue, exc_info=True)
         yield depth
+
+
+def monitored_queues(settings: Settings) -> list[str]:
+    """The request and maintenance queues, and on RabbitMQ their dead-letter queues."""
+    return [settings.task_queue, settings.maintenance_queue, *(q.name for q in dead_letter_queues(settings))]
 
 
 def _deployment_slots() -> list[tuple[Any, str, int, int]]:

@@ -128,3 +128,32 @@ def test_the_exporter_serves_metrics_on_this_host_by_default() -> None:
     assert metrics["command"][:2] == ["flowruns", "metrics"]
     assert metrics["ports"] == ["${METRICS_BIND_ADDRESS:-127.0.0.1}:9808:9808"]
     assert "--port=9808" in metrics["command"] and "9808/metrics" in metrics["healthcheck"]["test"][1]
+
+
+RABBITMQ_OVERRIDE = yaml.safe_load((ROOT / "compose.rabbitmq.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", [name for name in PROJECT_SERVICES if name != "migrate"])
+def test_the_rabbitmq_variant_points_every_broker_user_at_rabbitmq(name: str) -> None:
+    override = RABBITMQ_OVERRIDE["services"][name]
+    environment = {**SERVICES[name]["environment"], **override["environment"]}
+    known = {f"FLOWRUNS_{field.upper()}{suffix}" for field in Settings.model_fields for suffix in ("", "_FILE")}
+    assert {key for key in environment if key.startswith("FLOWRUNS_")} <= known
+    assert environment["FLOWRUNS_BROKER_URL"].startswith("amqp://flowruns@rabbitmq:5672/")
+    assert environment["FLOWRUNS_RESULT_BACKEND"].startswith("redis://")  # results stay in Redis
+    assert environment["FLOWRUNS_BROKER_PASSWORD_FILE"] == "/run/secrets/rabbitmq_password"
+    assert "rabbitmq_password" in override["secrets"] and set(SERVICES[name]["secrets"]) <= set(override["secrets"])
+    assert override["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+
+
+def test_the_rabbitmq_service_persists_takes_its_password_from_a_secret_and_reports_health() -> None:
+    rabbitmq = RABBITMQ_OVERRIDE["services"]["rabbitmq"]
+    assert "/var/lib/rabbitmq" in rabbitmq["volumes"][0] and "rabbitmq-data" in RABBITMQ_OVERRIDE["volumes"]
+    assert rabbitmq["hostname"] == "rabbitmq"
+    assert "/run/secrets/rabbitmq_password" in rabbitmq["entrypoint"][-1]
+    assert "RABBITMQ_DEFAULT_PASS" not in rabbitmq["environment"]
+    assert rabbitmq["healthcheck"]["test"][:2] == ["CMD", "rabbitmq-diagnostics"]
+    assert RABBITMQ_OVERRIDE["secrets"]["rabbitmq_password"]["file"].startswith("${FLOWRUNS_RABBITMQ_PASSWORD_FILE:?")
+    vhost = rabbitmq["environment"]["RABBITMQ_DEFAULT_VHOST"]
+    broker_url = RABBITMQ_OVERRIDE["services"]["worker"]["environment"]["FLOWRUNS_BROKER_URL"]
+    assert broker_url.endswith(f"/{vhost}")

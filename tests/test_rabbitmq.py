@@ -15,6 +15,7 @@ from kombu import Connection, Queue
 
 from models.settings import Settings
 from tasks.broker_topology import dead_letter_queue_name
+from tasks.metrics import _queue_depth, monitored_queues
 from tasks.worker_app import create_app
 from tests.celery_support import Worker, new_id, running_worker
 from tests.crashing_tasks import KILL_OWN_PROCESS
@@ -122,6 +123,10 @@ def test_a_message_that_keeps_killing_its_worker_is_dead_lettered_and_the_worker
                 handle.restart()
             assert handle.call("flow_runs.count_flow_runs") == 0  # the same deployment still answers
             assert list_queues(url)[handle.queue]["messages_ready"] == 0
+            app = create_app(Settings(broker_url=url, task_queue=handle.queue))
+            assert dead_letters in monitored_queues(Settings(broker_url=url, task_queue=handle.queue))
+            assert _queue_depth(app, dead_letters) == 1  # what `flowruns metrics` reports
+            app.close()
             with Connection(url) as connection:
                 parked = Queue(dead_letters, no_declare=True)(connection.default_channel).get()
                 assert parked is not None and parked.headers["task"] == KILL_OWN_PROCESS

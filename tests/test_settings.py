@@ -46,3 +46,19 @@ def test_an_unreadable_secret_file_is_an_error_naming_its_variable(monkeypatch: 
 def test_the_hard_time_limit_must_exceed_the_soft_one() -> None:
     with pytest.raises(ValidationError, match="must exceed FLOWRUNS_TASK_SOFT_TIME_LIMIT_SECONDS"):
         Settings(task_soft_time_limit_seconds=60, task_time_limit_seconds=30)
+
+
+def test_the_broker_password_from_a_file_goes_into_the_broker_url_escaped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from kombu import Connection
+
+    password_file = tmp_path / "rabbitmq_password"
+    password_file.write_text("p@ss/w:rd\n")
+    monkeypatch.setenv("FLOWRUNS_BROKER_URL", "amqp://flowruns@rabbitmq:5672/")
+    monkeypatch.setenv("FLOWRUNS_BROKER_PASSWORD_FILE", str(password_file))
+
+    connection = Connection(Settings().broker_url)
+
+    assert (connection.userid, connection.password, connection.hostname, connection.port) == (
+        "flowruns", "p@ss/w:rd", "rabbitmq", 5672)
