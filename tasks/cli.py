@@ -224,18 +224,26 @@ def bench_worker(concurrencies: str, runs: int, in_flight: int, redis_db: int, a
 @click.option("--pg-bin", default=None, help="directory of initdb and pg_ctl (default: found)")
 @click.option("--pg-port", default=55432, show_default=True, help="port of the scenario's own PostgreSQL")
 @click.option("--redis-port", default=56379, show_default=True, help="port of the scenario's own redis-server")
+@click.option("--broker", type=click.Choice(["redis", "rabbitmq", "both"]), default="redis", show_default=True,
+              help="the broker the scenarios run on (results stay in Redis); both: every scenario on each")
+@click.option("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672", show_default=True,
+              help="a RabbitMQ node that rabbitmqctl reaches: each scenario makes a vhost of its own on it")
+@click.option("--rabbitmq-port", default=56720, show_default=True,
+              help="port of the broker-restart scenario's own RabbitMQ node")
 @click.option("--logs", type=click.Path(file_okay=False), default=None, help="keep worker logs in this directory")
 @click.option("--worker-code", type=click.Path(exists=True, file_okay=False), default=None,
               help="run the workers from this source tree (an exported commit) instead of this checkout")
 def chaos(short: bool, as_json: bool, scenarios: tuple[str, ...], seed: int, redis_db: int, pg_bin: str | None,
-          pg_port: int, redis_port: int, logs: str | None, worker_code: str | None) -> None:
-    """Fault-injection scenarios: worker SIGKILL, PostgreSQL and Redis restarts, duplicate delivery, bad
-    input, hostile input. Each checks that every request took effect exactly once; exits 1 on any loss,
-    duplicate, drift or lost worker process."""
+          pg_port: int, redis_port: int, broker: str, rabbitmq_url: str, rabbitmq_port: int, logs: str | None,
+          worker_code: str | None) -> None:
+    """Fault-injection scenarios: worker SIGKILL, PostgreSQL and broker restarts, duplicate delivery, bad
+    input, hostile input, on Redis or RabbitMQ or both. Each checks that every request took effect
+    exactly once; exits 1 on any loss, duplicate, drift or lost worker process."""
     from pathlib import Path
 
     from flowruns_tools import chaos as harness
 
+    scenarios = tuple("broker-restart" if name == "redis-restart" else name for name in scenarios)
     unknown = [name for name in scenarios if name not in harness.SCENARIOS]
     if unknown:
         raise click.BadParameter(f"unknown scenario {unknown}; choose from {', '.join(harness.SCENARIOS)}")
@@ -243,6 +251,7 @@ def chaos(short: bool, as_json: bool, scenarios: tuple[str, ...], seed: int, red
     options = harness.Options(
         database_url=settings.database_url, redis_url=settings.broker_url, short=short, seed=seed,
         redis_db=redis_db, pg_bindir=pg_bin, pg_port=pg_port, redis_port=redis_port,
+        rabbitmq_url=rabbitmq_url, rabbitmq_port=rabbitmq_port,
         log_dir=Path(logs) if logs else None, worker_code=Path(worker_code) if worker_code else None,
     )
     try:
@@ -250,9 +259,10 @@ def chaos(short: bool, as_json: bool, scenarios: tuple[str, ...], seed: int, red
     except harness.ChaosSetupError as error:
         raise click.ClickException(str(error)) from None
     if not settings.broker_url.startswith(("redis://", "rediss://")):
-        raise click.ClickException(f"chaos scenarios need a Redis broker; FLOWRUNS_BROKER_URL is "
-                                   f"{harness.safe_url(settings.broker_url)}")
-    sys.exit(harness.run_chaos(options, list(scenarios) or list(harness.SCENARIOS), as_json))
+        raise click.ClickException(f"chaos scenarios need a Redis (for results, and as a broker); "
+                                   f"FLOWRUNS_BROKER_URL is {harness.safe_url(settings.broker_url)}")
+    brokers = ("redis", "rabbitmq") if broker == "both" else (broker,)
+    sys.exit(harness.run_chaos(options, list(scenarios) or list(harness.SCENARIOS), as_json, brokers))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ its own on the test server and Redis database 12 (shared test database: the scen
 own queue and results), or a PostgreSQL cluster / redis-server of its own on a free port.
 """
 
+import dataclasses
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -63,7 +65,8 @@ def test_postgres_restart_mid_batch_retries_and_loses_nothing(options: chaos.Opt
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary")
 def test_redis_restart_mid_batch_keeps_queued_requests(options: chaos.Options) -> None:
-    result = chaos.redis_restart(options)
+    result = chaos.broker_restart(options)
+    assert result.name == "redis-restart"
     assert_exactly_once(result)
     (before, after), = result.notes["queued_before_after_restart"]
     assert before > 0, "the restart should find requests waiting in the queue"
@@ -95,7 +98,8 @@ def test_hostile_bodies_mixed_into_a_batch_take_no_worker_down(options: chaos.Op
 
 def test_scenario_names_and_sizes() -> None:
     assert list(chaos.SCENARIOS) == [
-        "worker-sigkill", "postgres-restart", "redis-restart", "duplicate-delivery", "bad-input", "hostile-input"]
+        "worker-sigkill", "postgres-restart", "broker-restart", "duplicate-delivery", "bad-input", "hostile-input",
+        "poison-message"]
     assert chaos.SHORT.runs < chaos.FULL.runs and chaos.FULL.bad_bodies >= 1000
 
 
@@ -193,3 +197,49 @@ def test_chaos_refuses_a_database_other_than_postgresql(monkeypatch: pytest.Monk
         monkeypatch.undo()
         reset_settings()
     assert result.exit_code != 0 and "PostgreSQL" in result.output
+
+
+def test_messages_that_kill_their_pool_process_are_parked_among_a_normal_batch(options: chaos.Options) -> None:
+    result = chaos.poison_message(options)
+    assert_exactly_once(result)
+    assert result.notes["tasks_interrupted_by_kills"] >= 2 * 3  # each killer ran until its third loss
+
+
+# -- the same scenarios with RabbitMQ as the broker (results stay in Redis) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_options(options: chaos.Options) -> Iterator[chaos.Options]:
+    from tests.rabbitmq import RABBITMQ_URL, _unavailable
+
+    if (reason := _unavailable()) is not None:
+        if os.environ.get("FLOWRUNS_TEST_REQUIRE_RABBITMQ") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield dataclasses.replace(options, broker="rabbitmq", rabbitmq_url=RABBITMQ_URL)
+
+
+@pytest.mark.parametrize("scenario", ["worker-sigkill", "postgres-restart", "duplicate-delivery", "bad-input",
+                                      "hostile-input"])
+def test_every_scenario_holds_on_rabbitmq(rabbitmq_options: chaos.Options, scenario: str) -> None:
+    if scenario in ("bad-input", "hostile-input"):
+        pytest.importorskip("hypothesis")
+    result = chaos.run_scenario(scenario, rabbitmq_options)
+    assert result.broker == "rabbitmq"
+    assert_exactly_once(result)
+
+
+def test_a_rabbitmq_node_restart_mid_batch_loses_nothing(rabbitmq_options: chaos.Options) -> None:
+    result = chaos.broker_restart(rabbitmq_options)
+    assert result.name == "rabbitmq-restart"
+    assert_exactly_once(result)
+    assert len(result.faults) == 1 and "started again" in result.faults[0]
+
+
+def test_a_message_that_kills_its_worker_again_and_again_is_dead_lettered_on_rabbitmq(
+    rabbitmq_options: chaos.Options,
+) -> None:
+    result = chaos.poison_message(rabbitmq_options)
+    assert_exactly_once(result)
+    assert result.notes["dead_lettered_by_rabbitmq"] >= 1
+    assert result.notes["worker_restarts"] >= 2  # delivered three times: over the scenario's limit of 2

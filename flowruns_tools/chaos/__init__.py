@@ -27,6 +27,7 @@ producer), `workload` (the batch), `checks` (slot monitor and verdict), `scenari
 from flowruns_tools.chaos.bad_input import bad_input, bad_requests, generate
 from flowruns_tools.chaos.checks import ScenarioResult, SlotMonitor, SlotReading
 from flowruns_tools.chaos.hostile_input import HAND_PICKED, HostileBody, generated_bodies, hostile_input
+from flowruns_tools.chaos.poison_message import poison_message
 from flowruns_tools.chaos.producer import Driver, Request
 from flowruns_tools.chaos.runner import SCENARIOS, format_table, run_chaos, run_scenario
 from flowruns_tools.chaos.scenarios import (
@@ -36,8 +37,10 @@ from flowruns_tools.chaos.scenarios import (
     Options,
     Size,
     World,
+    broker_restart,
     duplicate_delivery,
     postgres_restart,
+    rabbitmq_restart,
     redis_restart,
     table_counts,
     worker_sigkill,
@@ -61,8 +64,9 @@ from flowruns_tools.chaos.services import (
 __all__ = [
     "FULL", "HAND_PICKED", "SCENARIOS", "SHORT", "VISIBILITY_TIMEOUT_SECONDS", "ChaosSetupError", "Driver", "HostileBody", "Options",
     "PostgresCluster", "RedisServer", "Request", "ScenarioResult", "Size", "SlotMonitor", "SlotReading", "WorkerProcess",
-    "World", "bad_input", "bad_requests", "database_on", "duplicate_delivery", "find_pg_bindir", "format_table",
-    "free_port", "generate", "generated_bodies", "hostile_input", "postgres_restart", "postgres_url", "redis_database", "redis_restart",
+    "World", "bad_input", "bad_requests", "broker_restart", "database_on", "duplicate_delivery", "find_pg_bindir", "format_table",
+    "free_port", "generate", "generated_bodies", "hostile_input", "poison_message", "postgres_restart", "postgres_url", "rabbitmq_restart", "redis_database",
+    "redis_restart",
     "redis_url_with_db", "run_chaos", "run_scenario", "safe_url", "table_counts", "worker_env", "worker_sigkill",
     "world",
 ]

@@ -100,6 +100,7 @@ class SlotMonitor(threading.Thread):
 @dataclass
 class ScenarioResult:
     name: str
+    broker: str = "redis"
     requests: int = 0
     """Distinct requests (task ids) the scenario checked."""
     messages: int = 0

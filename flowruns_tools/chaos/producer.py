@@ -14,8 +14,10 @@ from typing import Any
 
 import redis
 from celery import Celery
+from kombu import Queue
 
 from flowruns_tools.chaos.services import RESULT_PREFIX, ChaosSetupError
+from tasks.broker_topology import broker_kind
 
 RESEND_AFTER_SECONDS = 20.0
 """The producer's own timeout: longer than a redelivery takes, so the broker recovers first."""
@@ -107,6 +109,9 @@ class Driver:
             broker_connection_retry_on_startup=True,
             task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.1, "interval_max": 0.1},
         )
+        if broker_kind(broker_url) == "amqp":
+            # the worker declares its quorum queue; a classic declaration here would be refused
+            self.app.conf.task_queues = [Queue(queue, no_declare=True)]
         self.results = redis.Redis.from_url(result_backend, socket_connect_timeout=2, socket_timeout=10)
         self.requests: dict[str, Request] = {}
         self.pending: dict[str, Request] = {}

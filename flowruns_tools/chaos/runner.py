@@ -10,16 +10,18 @@ from pathlib import Path
 from flowruns_tools.chaos.bad_input import bad_input
 from flowruns_tools.chaos.checks import ScenarioResult
 from flowruns_tools.chaos.hostile_input import hostile_input
-from flowruns_tools.chaos.scenarios import Options, duplicate_delivery, postgres_restart, redis_restart, worker_sigkill
+from flowruns_tools.chaos.poison_message import poison_message
+from flowruns_tools.chaos.scenarios import Options, broker_restart, duplicate_delivery, postgres_restart, worker_sigkill
 from flowruns_tools.chaos.services import ChaosSetupError, say
 
 SCENARIOS: dict[str, Callable[[Options], ScenarioResult]] = {
     "worker-sigkill": worker_sigkill,
     "postgres-restart": postgres_restart,
-    "redis-restart": redis_restart,
+    "broker-restart": broker_restart,
     "duplicate-delivery": duplicate_delivery,
     "bad-input": bad_input,
     "hostile-input": hostile_input,
+    "poison-message": poison_message,
 }
 
 
@@ -37,22 +39,26 @@ def run_scenario(name: str, options: Options) -> ScenarioResult:
         result = ScenarioResult(name)
         result.error(f"crashed: {type(error).__name__}: {error}\n{traceback.format_exc()[-3000:]}")
     result.seconds = round(time.monotonic() - started, 1)
+    result.broker = options.broker
     return result
 
 
-def run_chaos(options: Options, names: list[str], as_json: bool) -> int:
-    """Run the scenarios one after another; print the table (or JSON); 0 only if every one passed."""
+def run_chaos(options: Options, names: list[str], as_json: bool, brokers: tuple[str, ...] = ("redis",)) -> int:
+    """Run the scenarios one after another, on each broker; print the table (or JSON); 0 only if every
+    one passed."""
     keep = options.log_dir is not None
     options.log_dir = options.log_dir or Path(tempfile.mkdtemp(prefix="flowruns-chaos-logs-"))
     say(f"flowruns chaos ({'short' if options.short else 'full'}), seed {options.seed}: {', '.join(names)}; "
         f"worker logs in {options.log_dir}")
     started = time.monotonic()
     results = []
-    for name in names:
-        say(f"== {name}")
-        result = run_scenario(name, options)
-        say(f"== {name}: {result.verdict} in {result.seconds:.1f}s")
-        results.append(result)
+    for broker in brokers:
+        options.broker = broker
+        for name in names:
+            say(f"== {name} ({broker})")
+            result = run_scenario(name, options)
+            say(f"== {name} ({broker}): {result.verdict} in {result.seconds:.1f}s")
+            results.append(result)
     elapsed = time.monotonic() - started
     passed = all(result.passed for result in results)
     if as_json:
@@ -69,9 +75,9 @@ def run_chaos(options: Options, names: list[str], as_json: bool) -> int:
 
 
 def format_table(results: list[ScenarioResult], options: Options, elapsed: float) -> str:
-    header = ("scenario", "requests", "messages", "applied", "lost", "duplicated", "slot drift", "over limit",
+    header = ("scenario", "broker", "requests", "messages", "applied", "lost", "duplicated", "slot drift", "over limit",
               "time", "verdict")
-    rows = [(r.name, str(r.requests), str(r.messages), str(r.applied), str(r.lost), str(r.duplicated),
+    rows = [(r.name, r.broker, str(r.requests), str(r.messages), str(r.applied), str(r.lost), str(r.duplicated),
              f"{r.slot_drift} ({r.slot_samples} reads)" if r.slot_samples else str(r.slot_drift),
              str(r.over_limit), f"{r.seconds:.0f}s", r.verdict) for r in results]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -83,7 +89,7 @@ def format_table(results: list[ScenarioResult], options: Options, elapsed: float
            f"{elapsed / 60:.1f} min", line(header), line(tuple("-" * w for w in widths))]
     out += [line(row) for row in rows]
     for result in results:
-        out.append(f"\n{result.name}:")
+        out.append(f"\n{result.name} ({result.broker}):")
         if result.skipped:
             out.append(f"  skipped: {result.skipped}")
         out += [f"  fault: {fault}" for fault in result.faults]

@@ -34,6 +34,7 @@ from flowruns_tools.chaos.services import (
     DEFAULT_REDIS_PORT,
     WORKER_PROCESSES,
     WORKER_START_SECONDS,
+    ChaosSetupError,
     PostgresCluster,
     RedisServer,
     WorkerProcess,
@@ -47,7 +48,15 @@ from flowruns_tools.chaos.services import (
     say,
     worker_env,
 )
+from flowruns_tools.chaos.rabbitmq import (
+    DEFAULT_RABBITMQ_PORT,
+    DEFAULT_RABBITMQ_URL,
+    RabbitNode,
+    queue_backlog,
+    rabbitmq_vhost,
+)
 from flowruns_tools.chaos.workload import Lifecycles
+from tasks.broker_topology import broker_kind
 
 VISIBILITY_TIMEOUT_SECONDS = 5
 """Fault runs use a short visibility timeout, so a dead worker's messages come back quickly."""
@@ -90,6 +99,11 @@ class Options:
     log_dir: Path | None = None
     worker_code: Path | None = None
     """Run workers from this source tree (an exported commit, say) instead of this checkout."""
+    broker: str = "redis"
+    """`redis`: the scenario's Redis database is broker and result backend; `rabbitmq`: a vhost of the
+    scenario's own on `rabbitmq_url` is the broker, results stay in the Redis database."""
+    rabbitmq_url: str = DEFAULT_RABBITMQ_URL
+    rabbitmq_port: int = DEFAULT_RABBITMQ_PORT
 
     @property
     def size(self) -> Size:
@@ -115,19 +129,22 @@ class World:
     def __init__(self, name: str, database_url: str, broker_url: str, log_dir: Path, copies: int = 1,
                  worker_settings: dict[str, Any] | None = None, loglevel: str = "INFO",
                  concurrency: int = WORKER_PROCESSES, worker_code: Path | None = None,
-                 resend_after: float = RESEND_AFTER_SECONDS, worker_app: str = "tasks") -> None:
+                 resend_after: float = RESEND_AFTER_SECONDS, worker_app: str = "tasks",
+                 result_backend: str | None = None, rabbitmq_node: str | None = None) -> None:
         self.name = name
         self.database_url = database_url
         self.broker_url = broker_url
+        self.result_backend = result_backend or broker_url
+        self.rabbitmq_node = rabbitmq_node
         self.queue = f"flowruns-chaos-{name}-{uuid.uuid4().hex[:8]}"
-        self.driver = Driver(broker_url, broker_url, self.queue, copies=copies, resend_after=resend_after)
+        self.driver = Driver(broker_url, self.result_backend, self.queue, copies=copies, resend_after=resend_after)
         settings = {
             "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
             "task_retry_backoff_max_seconds": RETRY_BACKOFF_MAX_SECONDS,
             "concurrency_slot_wait_seconds": 0,
             **(worker_settings or {}),
         }
-        env = worker_env(database_url, broker_url, broker_url, self.queue, **settings)
+        env = worker_env(database_url, broker_url, self.result_backend, self.queue, **settings)
         self.supervisor_events: list[str] = []
         self._next_supervision = 0.0
         self.worker = WorkerProcess(env, log_dir, name, concurrency=concurrency, loglevel=loglevel, code=worker_code,
@@ -159,8 +176,14 @@ class World:
         ]
         return flow["id"], deployments
 
+    @property
+    def on_rabbitmq(self) -> bool:
+        return broker_kind(self.broker_url) == "amqp"
+
     def backlog(self) -> tuple[int, int]:
         """Messages waiting in the queue, and delivered but not yet acknowledged."""
+        if self.on_rabbitmq:
+            return queue_backlog(self.broker_url, self.queue, self.rabbitmq_node)
         client = redis.Redis.from_url(self.broker_url, socket_connect_timeout=1, socket_timeout=5)
         try:
             queued = int(client.llen(self.queue))
@@ -178,7 +201,7 @@ class World:
             self.tick()
             try:
                 quiet = quiet + 1 if self.backlog() == (0, 0) else 0
-            except redis.exceptions.RedisError:
+            except (redis.exceptions.RedisError, ChaosSetupError):
                 quiet = 0
             if quiet >= 3:
                 return True
@@ -188,7 +211,7 @@ class World:
     def close(self, forget: bool) -> None:
         self.worker.stop()
         self.driver.close()
-        if forget:
+        if forget and not self.on_rabbitmq:
             forget_queue(self.broker_url, self.queue)
 
 
@@ -204,9 +227,16 @@ def world(options: Options, name: str, *, database_server: str | None = None, br
         log_dir.mkdir(parents=True, exist_ok=True)
         database_url = stack.enter_context(database_on(database_server or options.database_url))
         shared = broker_url is None and not options.exclusive_redis
-        if broker_url is None:
-            broker_url = stack.enter_context(redis_database(
-                redis_url_with_db(options.redis_url, options.redis_db), options.exclusive_redis))
+        redis_url = stack.enter_context(redis_database(
+            redis_url_with_db(options.redis_url, options.redis_db), options.exclusive_redis))
+        if options.broker == "rabbitmq":
+            # results in the scenario's Redis database; requests through RabbitMQ (a vhost of its own
+            # unless the scenario brought its own node)
+            kwargs.setdefault("result_backend", redis_url)
+            if broker_url is None:
+                broker_url = stack.enter_context(rabbitmq_vhost(options.rabbitmq_url))
+        elif broker_url is None:
+            broker_url = redis_url
         scenario = World(name, database_url, broker_url, log_dir, worker_code=options.worker_code, **kwargs)
         stack.callback(scenario.close, shared)
         yield scenario
@@ -396,6 +426,42 @@ def redis_restart(options: Options) -> ScenarioResult:
             result.notes["queued_before_after_restart"] = backlogs
     finally:
         server.close()
+    return result
+
+
+def broker_restart(options: Options) -> ScenarioResult:
+    """Restart the broker mid-batch: a redis-server or a RabbitMQ node of the scenario's own."""
+    return rabbitmq_restart(options) if options.broker == "rabbitmq" else redis_restart(options)
+
+
+def rabbitmq_restart(options: Options) -> ScenarioResult:
+    """Stop the scenario's own RabbitMQ node mid-batch and start it again: the durable quorum
+    queue keeps what was queued, unacknowledged deliveries come back, the worker and the producer
+    reconnect."""
+    result = ScenarioResult("rabbitmq-restart")
+    rng = random.Random(options.seed + 2)
+    node = RabbitNode(free_port(options.rabbitmq_port))
+    try:
+        node.start()
+        with world(options, "rabbitmq-restart", broker_url=node.url(), rabbitmq_node=node.name) as scenario:
+            scenario.start_worker()
+            workload = _lifecycles(options, scenario, rng)
+
+            def restart(down: float) -> Callable[[], str]:
+                def action() -> str:
+                    before = scenario.backlog()
+                    node.stop()
+                    time.sleep(down)
+                    node.start()
+                    after = scenario.backlog()
+                    return (f"rabbitmq node {node.name} stopped on port {node.port}, down {down:.1f}s, started again: "
+                            f"ready {before[0]} before, {after[0]} after")
+                return action
+
+            steps = [(0.2, restart(1.5))] if options.short else [(0.15, restart(1.5)), (0.55, restart(3.0))]
+            run_batch(scenario, workload, steps, result, options.size.deadline_seconds)
+    finally:
+        node.close()
     return result
 
 
