@@ -226,8 +226,9 @@ def bench_worker(concurrencies: str, runs: int, in_flight: int, redis_db: int, a
 @click.option("--redis-port", default=56379, show_default=True, help="port of the scenario's own redis-server")
 @click.option("--broker", type=click.Choice(["redis", "rabbitmq", "both"]), default="redis", show_default=True,
               help="the broker the scenarios run on (results stay in Redis); both: every scenario on each")
-@click.option("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672", show_default=True,
-              help="a RabbitMQ node that rabbitmqctl reaches: each scenario makes a vhost of its own on it")
+@click.option("--rabbitmq-url", default="amqp://127.0.0.1:5672", show_default=True,
+              help="a RabbitMQ node that rabbitmqctl reaches (no user in the URL: RabbitMQ's local `guest`): "
+                   "each scenario makes a vhost of its own on it")
 @click.option("--rabbitmq-port", default=56720, show_default=True,
               help="port of the broker-restart scenario's own RabbitMQ node")
 @click.option("--logs", type=click.Path(file_okay=False), default=None, help="keep worker logs in this directory")

@@ -11,10 +11,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flowruns_tools.chaos.services import ChaosSetupError
 
-DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672"
+DEFAULT_RABBITMQ_URL = "amqp://127.0.0.1:5672"
+"""No user in the URL: the AMQP client then logs in as RabbitMQ's local default user, `guest`."""
 DEFAULT_RABBITMQ_PORT = 56720
 SERVER_USER = "rabbitmq"
 """Debian's rabbitmq-server runs as this user (its wrapper switches to it when started by root)."""
@@ -34,7 +36,7 @@ def rabbitmqctl(*arguments: str, node: str | None = None, timeout: float = 60) -
 def rabbitmq_vhost(server_url: str = DEFAULT_RABBITMQ_URL, node: str | None = None) -> Iterator[str]:
     """The URL of a fresh vhost on the node (deleted afterwards, with everything in it)."""
     name = f"flowruns-chaos-{uuid.uuid4().hex[:10]}"
-    user = server_url.split("://", 1)[1].split(":", 1)[0]
+    user = urlsplit(server_url).username or "guest"
     rabbitmqctl("add_vhost", name, node=node)
     try:
         rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*", node=node)
@@ -72,7 +74,7 @@ class RabbitNode:
             shutil.chown(path, SERVER_USER, SERVER_USER)
 
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        return f"amqp://127.0.0.1:{self.port}//"  # as `guest`, which this node allows from anywhere
 
     def start(self) -> None:
         environment = {
