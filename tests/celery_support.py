@@ -200,7 +200,7 @@ def running_worker(
         _wait_until_ready(handle)
         yield handle
     finally:
-        stop_process(process)
+        stop_process(handle.process)  # the one running now, after any restart
         producer.close()
         if on_redis:
             broker = redis.Redis.from_url(broker_url)
