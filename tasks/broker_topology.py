@@ -13,6 +13,7 @@ Publisher confirms are on: a publish returns once the broker has the message.
 """
 
 import math
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,14 +63,14 @@ def _quorum_queue(name: str, delivery_limit: int) -> Queue:
     )
 
 
-def dead_letter_queues(settings: Settings) -> tuple[Queue, ...]:
-    """Where RabbitMQ parks the messages over the delivery limit (none on other brokers)."""
-    if broker_kind(settings.broker_url) != "amqp":
-        return ()
+def dead_letter_queues(queues: Iterable[Queue]) -> tuple[Queue, ...]:
+    """Where RabbitMQ parks the messages of `queues` over their delivery limit: one for each queue
+    declared with a dead-letter exchange (none on other brokers)."""
     return tuple(
-        Queue(dead_letter_queue_name(name), Exchange(dead_letter_queue_name(name), type="direct", durable=True),
-              routing_key=dead_letter_queue_name(name), durable=True, queue_arguments={"x-queue-type": "quorum"})
-        for name in (settings.task_queue, settings.maintenance_queue)
+        Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True,
+              queue_arguments={"x-queue-type": "quorum"})
+        for queue in queues
+        if (name := (queue.queue_arguments or {}).get("x-dead-letter-exchange"))
     )
 
 
@@ -125,15 +126,12 @@ class DeclareDeadLetterQueues(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.connection:Connection",)
 
     def start(self, c: Any) -> None:
-        queues = c.app.conf.get("flowruns_dead_letter_queues") or ()
-        if not queues:
-            return
-        with c.app.connection_for_write() as connection:
-            channel = connection.default_channel
+        queues = dead_letter_queues(c.app.conf.task_queues or ())
+        if queues:
+            channel = c.connection.default_channel
             for queue in queues:
                 queue.bind(channel).declare()
 
 
-def install_dead_letter_queues(app: Celery, settings: Settings) -> None:
-    app.conf.flowruns_dead_letter_queues = dead_letter_queues(settings)
+def install_dead_letter_queues(app: Celery) -> None:
     app.steps["consumer"].add(DeclareDeadLetterQueues)

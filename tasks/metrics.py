@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from models.settings import Settings
 from tasks import monitoring_events
-from tasks.broker_topology import dead_letter_queues
+from tasks.broker_topology import dead_letter_queues, task_queues
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ class DatabaseAndBrokerGauges(Collector):
 
 def monitored_queues(settings: Settings) -> list[str]:
     """The request and maintenance queues, and on RabbitMQ their dead-letter queues."""
-    return [settings.task_queue, settings.maintenance_queue, *(q.name for q in dead_letter_queues(settings))]
+    queues = task_queues(settings)
+    return [queue.name for queue in (*queues, *dead_letter_queues(queues))]
 
 
 def _deployment_slots() -> list[tuple[Any, str, int, int]]:

@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     register_json_serializer()
     app = Celery("flowruns", task_cls=GuardedTask)
     app.conf.update(celery_config(settings), beat_schedule=beat_schedule(settings))
-    install_dead_letter_queues(app, settings)
+    install_dead_letter_queues(app)
     return app
 
 

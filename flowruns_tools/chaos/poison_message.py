@@ -10,9 +10,12 @@ is not sent there.) Afterwards every ordinary request has taken effect exactly o
 message is parked where it should be, and the worker answers.
 """
 
+import json
 import random
 import uuid
 from collections.abc import Callable
+
+from kombu import Connection, Queue
 
 from flowruns_tools.chaos.checks import ScenarioResult
 from flowruns_tools.chaos.poison_app import KILL_POOL_PROCESS, KILL_WORKER
@@ -58,8 +61,6 @@ def _check_parked(result: ScenarioResult, scenario: World, pool_killers: list[st
     """Each pool-process killer is parked by flowruns (FAILURE PoisonMessageError), or by RabbitMQ
     when the worker killer took its deliveries past the limit meanwhile; each worker killer is in
     the dead-letter queue."""
-    import json
-
     parked = _dead_lettered_task_ids(scenario) if scenario.on_rabbitmq else []
     for task_id in pool_killers:
         raw = scenario.driver.results.get(f"{RESULT_PREFIX}{task_id}")
@@ -82,8 +83,6 @@ def _check_parked(result: ScenarioResult, scenario: World, pool_killers: list[st
 
 def _dead_lettered_task_ids(scenario: World) -> list[str]:
     """The task ids RabbitMQ parked in the queue's dead-letter queue (read and acknowledged)."""
-    from kombu import Connection, Queue
-
     task_ids = []
     with Connection(scenario.broker_url) as connection:
         queue = Queue(dead_letter_queue_name(scenario.queue), no_declare=True)(connection.default_channel)
