@@ -7,8 +7,6 @@ FLOWRUNS_TEST_REQUIRE_RABBITMQ=1 (CI sets it), which makes a missing RabbitMQ a 
 import json
 import os
 import shutil
-import subprocess
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -16,14 +14,10 @@ from typing import Any
 import pytest
 from kombu import Connection
 
+from flowruns_tools.chaos.rabbitmq import rabbitmq_vhost as chaos_rabbitmq_vhost
+from flowruns_tools.chaos.rabbitmq import rabbitmqctl
+
 RABBITMQ_URL = os.environ.get("FLOWRUNS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
-
-
-def rabbitmqctl(*arguments: str) -> str:
-    completed = subprocess.run(["rabbitmqctl", *arguments], capture_output=True, text=True, timeout=60)
-    if completed.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(arguments)}: {completed.stderr or completed.stdout}")
-    return completed.stdout
 
 
 def _unavailable() -> str | None:
@@ -37,20 +31,20 @@ def _unavailable() -> str | None:
     return None
 
 
-@contextmanager
-def rabbitmq_vhost() -> Iterator[str]:
-    """The broker URL of a fresh virtual host (queues, exchanges and messages of its own)."""
+def require_rabbitmq() -> None:
+    """Skip the test when RabbitMQ does not answer (fail it instead where it must: CI)."""
     if (reason := _unavailable()) is not None:
         if os.environ.get("FLOWRUNS_TEST_REQUIRE_RABBITMQ") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    name = f"flowruns-test-{uuid.uuid4().hex[:10]}"
-    rabbitmqctl("add_vhost", name)
-    try:
-        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield f"{RABBITMQ_URL}/{name}"
-    finally:
-        rabbitmqctl("delete_vhost", name)
+
+
+@contextmanager
+def rabbitmq_vhost() -> Iterator[str]:
+    """The broker URL of a fresh vhost (queues, exchanges and messages of its own), deleted afterwards."""
+    require_rabbitmq()
+    with chaos_rabbitmq_vhost(RABBITMQ_URL) as url:
+        yield url
 
 
 def vhost_of(url: str) -> str:

@@ -65,19 +65,25 @@ def short_lived_worker(database_url: str, tmp_path: Path) -> Iterator[Worker]:
         yield handle
 
 
-def test_a_request_blocked_by_a_lock_is_retried_until_the_lock_goes(database_url: str, impatient_worker: Worker) -> None:
-    run_id = scheduled_run(impatient_worker)
+def assert_retried_until_the_lock_goes(database_url: str, worker: Worker) -> None:
+    """A transition sent while another connection holds its run's row lock waits, attempt after
+    attempt (a short lock timeout), and takes effect once when the lock goes."""
+    run_id = scheduled_run(worker)
     with row_locked_elsewhere(database_url, run_id, seconds=2.0):
-        result = impatient_worker.send("flow_runs.set_flow_run_state",
-                                       kwargs={"flow_run_id": run_id, "state": {"type": "PENDING"}, "force": True})
+        result = worker.send("flow_runs.set_flow_run_state",
+                             kwargs={"flow_run_id": run_id, "state": {"type": "PENDING"}, "force": True})
         time.sleep(1.0)
         assert not result.ready()  # still waiting on the lock, attempt after attempt
     outcome = result.get(timeout=30)
 
     assert outcome["status"] == "ACCEPT"
-    assert impatient_worker.raw_meta(result.id)["retries"] >= 1
-    assert "LockNotAvailable" in impatient_worker.log_text() or "lock timeout" in impatient_worker.log_text()
-    assert states_of(impatient_worker, run_id) == ["SCHEDULED", "PENDING"]
+    assert worker.raw_meta(result.id)["retries"] >= 1
+    assert "LockNotAvailable" in worker.log_text() or "lock timeout" in worker.log_text()
+    assert states_of(worker, run_id) == ["SCHEDULED", "PENDING"]
+
+
+def test_a_request_blocked_by_a_lock_is_retried_until_the_lock_goes(database_url: str, impatient_worker: Worker) -> None:
+    assert_retried_until_the_lock_goes(database_url, impatient_worker)
 
 
 def test_a_request_over_its_soft_time_limit_ends_and_is_delivered_again(

@@ -8,7 +8,6 @@ own queue and results), or a PostgreSQL cluster / redis-server of its own on a f
 """
 
 import dataclasses
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -210,12 +209,9 @@ def test_messages_that_kill_their_pool_process_are_parked_among_a_normal_batch(o
 
 @pytest.fixture(scope="module")
 def rabbitmq_options(options: chaos.Options) -> Iterator[chaos.Options]:
-    from tests.rabbitmq import RABBITMQ_URL, _unavailable
+    from tests.rabbitmq import RABBITMQ_URL, require_rabbitmq
 
-    if (reason := _unavailable()) is not None:
-        if os.environ.get("FLOWRUNS_TEST_REQUIRE_RABBITMQ") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_rabbitmq()
     yield dataclasses.replace(options, broker="rabbitmq", rabbitmq_url=RABBITMQ_URL)
 
 
