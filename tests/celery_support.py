@@ -159,7 +159,7 @@ def worker(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @contextmanager
 def running_worker(
     database_url: str, directory: Path, app: str = "tasks", queue: str | None = None, broker_url: str = BROKER_URL,
-    pool: str = "prefork", **settings: str,
+    pool: str = "prefork", concurrency: int = 2, **settings: str,
 ) -> Iterator[Worker]:
     """`celery -A <app> worker` on a queue of its own (or `queue`, with no FLOWRUNS_TASK_QUEUE set
     when it is the default); `settings` are extra FLOWRUNS_* values. On a RabbitMQ `broker_url`
@@ -184,7 +184,7 @@ def running_worker(
     }
     command = [
         sys.executable, "-m", "celery", "-A", app, "worker",
-        "--loglevel", "INFO", "--concurrency", "2", "--pool", pool, "--hostname", hostname,
+        "--loglevel", "INFO", "--concurrency", str(concurrency), "--pool", pool, "--hostname", hostname,
         "--without-mingle", "--without-gossip",
     ]
     with log.open("wb") as output:

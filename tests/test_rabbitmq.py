@@ -20,7 +20,7 @@ from tasks.worker_app import create_app
 from tests.celery_support import Worker, new_id, running_worker
 from tests.crashing_tasks import KILL_OWN_PROCESS
 from tests.rabbitmq import list_exchanges, list_queues, rabbitmq_vhost
-from tests.test_bounded_work import row_locked_elsewhere, scheduled_run, states_of
+from tests.test_bounded_work import assert_retried_until_the_lock_goes, states_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres_only, pytest.mark.usefixtures("db")]
 
@@ -76,20 +76,8 @@ def test_the_queues_are_quorum_queues_with_a_delivery_limit_and_a_dead_letter_qu
 def test_a_retry_waits_in_rabbitmq_not_in_the_worker_and_takes_effect_once(
     amqp_worker: Worker, database_url: str
 ) -> None:
-    run_id = scheduled_run(amqp_worker)
-    with row_locked_elsewhere(database_url, run_id, seconds=2.0):
-        result = amqp_worker.send("flow_runs.set_flow_run_state",
-                                  kwargs={"flow_run_id": run_id, "state": {"type": "PENDING"}, "force": True})
-        time.sleep(1.0)
-        assert not result.ready()
-    outcome = result.get(timeout=30)
-
-    assert outcome["status"] == "ACCEPT"
-    assert amqp_worker.raw_meta(result.id)["retries"] >= 1
-    log = amqp_worker.log_text()
-    assert "LockNotAvailable" in log or "lock timeout" in log
-    assert "Direct exchanges are not supported with native delayed delivery" not in log
-    assert states_of(amqp_worker, run_id) == ["SCHEDULED", "PENDING"]
+    assert_retried_until_the_lock_goes(database_url, amqp_worker)
+    assert "Direct exchanges are not supported with native delayed delivery" not in amqp_worker.log_text()
 
 
 def test_publisher_confirms_are_on_for_the_worker_and_the_producer_client() -> None:
@@ -103,10 +91,11 @@ def test_a_message_that_keeps_killing_its_worker_is_dead_lettered_and_the_worker
     database_url: str, tmp_path: Path
 ) -> None:
     """The worker runs tasks in its main process (solo pool), so the kill takes the whole worker
-    down and RabbitMQ counts the lost delivery; past the limit the message is parked."""
+    down and RabbitMQ counts the lost delivery; past the limit the message is parked. One message
+    reserved at a time (concurrency 1): no other message is lost with the worker."""
     with rabbitmq_vhost() as url:
         with running_worker(database_url, tmp_path, app="tests.crashing_tasks", broker_url=url, pool="solo",
-                            broker_delivery_limit="1") as handle:
+                            concurrency=1, broker_delivery_limit="1") as handle:
             handle.send(KILL_OWN_PROCESS)
             dead_letters = dead_letter_queue_name(handle.queue)
             restarts = 0
