@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     """Redis only: how long a message may stay unacknowledged before Redis hands it out again."""
     broker_delivery_limit: int = Field(default=6, ge=1)
     """RabbitMQ only: deliveries of one message (each lost with its worker) before it is dead-lettered."""
+    broker_heartbeat_seconds: float = Field(default=120.0, ge=0)
+    """RabbitMQ only: the AMQP heartbeat; a worker silent for about two of these (a partition, a
+    hung host) loses its connection and RabbitMQ hands its unacknowledged messages to other workers.
+    0 turns heartbeats off."""
 
     # Orchestration knobs (Prefect's server defaults).
     concurrency_slot_wait_seconds: float = Field(default=30.0, ge=0)

@@ -116,6 +116,8 @@ def broker_config(settings: Settings) -> dict[str, Any]:
     }
     if broker_kind(settings.broker_url) == "redis":
         config["visibility_timeout"] = settings.visibility_timeout  # kombu reads it here too
+    if broker_kind(settings.broker_url) == "amqp":
+        config["broker_heartbeat"] = settings.broker_heartbeat_seconds
     return config
 
 

@@ -297,6 +297,15 @@ def test_redis_only_options_are_given_to_redis_only() -> None:
     assert "confirm_publish" not in on_redis.broker_transport_options
 
 
+def test_the_amqp_heartbeat_is_configurable_and_left_to_rabbitmq_only() -> None:
+    rabbit = Settings(broker_url="amqp://rabbit//", result_backend="redis://r/1", broker_heartbeat_seconds=4)
+    assert create_app(rabbit).conf.broker_heartbeat == 4
+    assert create_app(Settings(broker_url="amqp://rabbit//", result_backend="redis://r/1")).conf.broker_heartbeat == 120
+    assert "broker_heartbeat" not in celery_config(Settings(broker_url="redis://b/3", broker_heartbeat_seconds=4))
+    with pytest.raises(ValueError, match="broker_heartbeat_seconds"):
+        Settings(broker_heartbeat_seconds=-1)
+
+
 def test_retry_countdowns_on_rabbitmq_are_whole_seconds_of_at_least_one() -> None:
     from tasks.broker_topology import broker_countdown
 

@@ -8,6 +8,7 @@ own queue and results), or a PostgreSQL cluster / redis-server of its own on a f
 """
 
 import dataclasses
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -97,8 +98,8 @@ def test_hostile_bodies_mixed_into_a_batch_take_no_worker_down(options: chaos.Op
 
 def test_scenario_names_and_sizes() -> None:
     assert list(chaos.SCENARIOS) == [
-        "worker-sigkill", "postgres-restart", "broker-restart", "duplicate-delivery", "bad-input", "hostile-input",
-        "poison-message"]
+        "worker-sigkill", "postgres-restart", "broker-restart", "partition", "duplicate-delivery", "bad-input",
+        "hostile-input", "poison-message"]
     assert chaos.SHORT.runs < chaos.FULL.runs and chaos.FULL.bad_bodies >= 1000
 
 
@@ -239,3 +240,39 @@ def test_a_message_that_kills_its_worker_again_and_again_is_dead_lettered_on_rab
     assert_exactly_once(result)
     assert result.notes["dead_lettered_by_rabbitmq"] >= 1
     assert result.notes["worker_restarts"] >= 2  # delivered three times: over the scenario's limit of 2
+
+
+# -- several worker hosts, one cut off, one killed, one working -----------------------------------------
+
+
+def assert_partition_held(result: chaos.ScenarioResult) -> None:
+    assert_exactly_once(result)
+    fault, = result.faults
+    assert "mid-task for" in fault and "SIGKILL main process" in fault and "healed host 1" in fault
+    hosts = result.notes["hosts"]
+    assert {"host 1", "host 2", "host 3", "round 1"} <= set(hosts)
+    # something a faulted host held was applied elsewhere, or re-sent, or came back and was absorbed
+    assert result.notes["broker_redeliveries"] + result.notes["producer_resends"] + \
+        result.notes["absorbed_by_inbox"] > 0
+
+
+@pytest.fixture()
+def netns() -> None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("the partition scenario needs root and `ip` (network namespaces)")
+
+
+@pytest.mark.usefixtures("netns")
+def test_a_partition_a_kill_and_a_heal_across_three_worker_hosts_lose_and_double_nothing(
+    options: chaos.Options,
+) -> None:
+    assert_partition_held(chaos.run_scenario("partition", options))
+
+
+@pytest.mark.usefixtures("netns")
+def test_a_partition_across_three_worker_hosts_on_rabbitmq_loses_and_doubles_nothing(
+    rabbitmq_options: chaos.Options,
+) -> None:
+    result = chaos.run_scenario("partition", rabbitmq_options)
+    assert result.broker == "rabbitmq"
+    assert_partition_held(result)

@@ -19,14 +19,16 @@ configured server, or on a cluster of its own made with initdb) and a Redis data
 (on the configured server, which must be empty and is emptied afterwards, or on a redis-server of
 its own), on a queue of its own. Beat does not run: nothing repairs drift behind the checks' back.
 
-Modules: `services` (databases, Redis, PostgreSQL clusters, worker processes), `producer` (the foreign
-producer), `workload` (the batch), `checks` (slot monitor and verdict), `scenarios`, `bad_input`,
-`hostile_input`, `runner` (the command's table and exit status).
+Modules: `services` (databases, Redis, PostgreSQL clusters, worker processes), `rabbitmq` (vhosts and
+nodes), `netns` (worker hosts in network namespaces), `producer` (the foreign producer), `workload`
+(the batch), `checks` (slot monitor and verdict), `scenarios`, `partition`, `bad_input`,
+`hostile_input`, `poison_message`, `runner` (the command's table and exit status).
 """
 
 from flowruns_tools.chaos.bad_input import bad_input, bad_requests, generate
 from flowruns_tools.chaos.checks import ScenarioResult, SlotMonitor, SlotReading
 from flowruns_tools.chaos.hostile_input import HAND_PICKED, HostileBody, generated_bodies, hostile_input
+from flowruns_tools.chaos.partition import partition
 from flowruns_tools.chaos.poison_message import poison_message
 from flowruns_tools.chaos.producer import Driver, Request
 from flowruns_tools.chaos.runner import SCENARIOS, format_table, run_chaos, run_scenario
@@ -65,7 +67,7 @@ __all__ = [
     "FULL", "HAND_PICKED", "SCENARIOS", "SHORT", "VISIBILITY_TIMEOUT_SECONDS", "ChaosSetupError", "Driver", "HostileBody", "Options",
     "PostgresCluster", "RedisServer", "Request", "ScenarioResult", "Size", "SlotMonitor", "SlotReading", "WorkerProcess",
     "World", "bad_input", "bad_requests", "broker_restart", "database_on", "duplicate_delivery", "find_pg_bindir", "format_table",
-    "free_port", "generate", "generated_bodies", "hostile_input", "poison_message", "postgres_restart", "postgres_url", "rabbitmq_restart", "redis_database",
+    "free_port", "generate", "generated_bodies", "hostile_input", "partition", "poison_message", "postgres_restart", "postgres_url", "rabbitmq_restart", "redis_database",
     "redis_restart",
     "redis_url_with_db", "run_chaos", "run_scenario", "safe_url", "table_counts", "worker_env", "worker_sigkill",
     "world",

@@ -58,16 +58,16 @@ def queue_backlog(url: str, queue: str, node: str | None = None) -> tuple[int, i
 
 
 class RabbitNode:
-    """A RabbitMQ node of the scenario's own, on 127.0.0.1:`port`, its data kept across restarts."""
+    """A RabbitMQ node of the scenario's own, on `port` of each `listen` address, its data kept across restarts."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, listen: tuple[str, ...] = ("127.0.0.1",)) -> None:
         if shutil.which("rabbitmq-server") is None:
             raise ChaosSetupError("rabbitmq-server not found on PATH")
         self.port = port
         self.name = f"flowruns-chaos-{uuid.uuid4().hex[:6]}@localhost"
         self.directory = Path(tempfile.mkdtemp(prefix="flowruns-chaos-rabbitmq-"))
-        (self.directory / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n")
+        listeners = "".join(f"listeners.tcp.{index} = {address}:{port}\n" for index, address in enumerate(listen, 1))
+        (self.directory / "rabbitmq.conf").write_text(f"{listeners}loopback_users = none\n")
         (self.directory / "enabled_plugins").write_text("[].\n")
         shutil.chown(self.directory, SERVER_USER, SERVER_USER)
         for path in self.directory.iterdir():

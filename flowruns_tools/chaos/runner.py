@@ -10,6 +10,7 @@ from pathlib import Path
 from flowruns_tools.chaos.bad_input import bad_input
 from flowruns_tools.chaos.checks import ScenarioResult
 from flowruns_tools.chaos.hostile_input import hostile_input
+from flowruns_tools.chaos.partition import partition
 from flowruns_tools.chaos.poison_message import poison_message
 from flowruns_tools.chaos.scenarios import Options, broker_restart, duplicate_delivery, postgres_restart, worker_sigkill
 from flowruns_tools.chaos.services import ChaosSetupError, say
@@ -18,6 +19,7 @@ SCENARIOS: dict[str, Callable[[Options], ScenarioResult]] = {
     "worker-sigkill": worker_sigkill,
     "postgres-restart": postgres_restart,
     "broker-restart": broker_restart,
+    "partition": partition,
     "duplicate-delivery": duplicate_delivery,
     "bad-input": bad_input,
     "hostile-input": hostile_input,

@@ -37,6 +37,7 @@ from flowruns_tools.chaos.services import (
     ChaosSetupError,
     PostgresCluster,
     RedisServer,
+    WorkerGroup,
     WorkerProcess,
     _unacked_queue,
     database_on,
@@ -130,7 +131,10 @@ class World:
                  worker_settings: dict[str, Any] | None = None, loglevel: str = "INFO",
                  concurrency: int = WORKER_PROCESSES, worker_code: Path | None = None,
                  resend_after: float = RESEND_AFTER_SECONDS, worker_app: str = "tasks",
-                 result_backend: str | None = None, rabbitmq_node: str | None = None) -> None:
+                 result_backend: str | None = None, rabbitmq_node: str | None = None,
+                 hosts: Callable[[dict[str, str], Path], WorkerGroup] | None = None) -> None:
+        """`hosts`: the workers, made from the scenario's worker environment and log directory (default:
+        one worker, on this host)."""
         self.name = name
         self.database_url = database_url
         self.broker_url = broker_url
@@ -147,8 +151,13 @@ class World:
         env = worker_env(database_url, broker_url, self.result_backend, self.queue, **settings)
         self.supervisor_events: list[str] = []
         self._next_supervision = 0.0
-        self.worker = WorkerProcess(env, log_dir, name, concurrency=concurrency, loglevel=loglevel, code=worker_code,
-                                    app=worker_app)
+        self.workers = hosts(env, log_dir) if hosts is not None else WorkerGroup([WorkerProcess(
+            env, log_dir, name, concurrency=concurrency, loglevel=loglevel, code=worker_code, app=worker_app)])
+
+    @property
+    def worker(self) -> WorkerProcess:
+        """The first (usually the only) worker."""
+        return self.workers.workers[0]
 
     def tick(self) -> None:
         """Between pumps: supervise the worker (at most twice a second)."""
@@ -156,13 +165,13 @@ class World:
         if now < self._next_supervision:
             return
         self._next_supervision = now + 0.5
-        if (event := self.worker.supervise()) is not None:
+        if (event := self.workers.supervise()) is not None:
             self.supervisor_events.append(event)
             say(f"  [{self.name}] !! {event}")
 
     def start_worker(self) -> None:
-        self.worker.start()
-        self.worker.wait_for_children(WORKER_START_SECONDS)
+        self.workers.start()
+        self.workers.wait_for_children(WORKER_START_SECONDS)
         self.driver.call("flow_runs.count_flow_runs", {}, timeout=WORKER_START_SECONDS)
 
     def make_deployments(self, count: int, limit: int | None) -> tuple[str, list[str]]:
@@ -209,7 +218,7 @@ class World:
         return False
 
     def close(self, forget: bool) -> None:
-        self.worker.stop()
+        self.workers.stop()
         self.driver.close()
         if forget and not self.on_rabbitmq:
             forget_queue(self.broker_url, self.queue)
@@ -313,8 +322,8 @@ def run_batch(scenario: World, workload: Lifecycles, steps: list[tuple[float, Ca
     if not finished:
         result.error(f"the batch did not finish within {deadline_seconds:.0f}s "
                      f"({workload.finished}/{len(workload.tracks)} runs)")
-    if not scenario.worker.alive():
-        scenario.worker.start()  # whatever is still queued must drain
+    if not scenario.workers.alive():
+        scenario.workers.start()  # whatever is still queued must drain
     say(f"  [{scenario.name}] batch done in {time.monotonic() - started:.1f}s; draining redelivered copies ...")
     drain_started = time.monotonic()
     if not scenario.drain():
@@ -322,19 +331,20 @@ def run_batch(scenario: World, workload: Lifecycles, steps: list[tuple[float, Ca
     result.notes["drain_seconds"] = round(time.monotonic() - drain_started, 1)
     apply_slot_reading(result, monitor.finish())
     if not keep_worker:
-        scenario.worker.stop()
+        scenario.workers.stop()
     verify_lifecycles(result, workload, read_recorded(scenario.database_url))
-    note_deliveries(result, scenario.driver, scenario.worker.log_text())
+    note_deliveries(result, scenario.driver, scenario.workers.log_text())
     note_supervisor(result, scenario)
     result.notes["runs"] = len(workload.tracks)
     result.notes["awaiting_slot_rejections"] = sum(track.waits for track in workload.tracks)
 
 
 def _lifecycles(options: Options, scenario: World, rng: random.Random, *, cleanups: bool = False,
-                window: int | None = None) -> Lifecycles:
+                window: int | None = None, runs: int | None = None) -> Lifecycles:
     size = options.size
     flow_id, deployments = scenario.make_deployments(size.deployments, size.limit)
-    return Lifecycles(scenario.driver, flow_id, deployments, size.runs, window or size.window, rng, cleanups=cleanups)
+    return Lifecycles(scenario.driver, flow_id, deployments, runs or size.runs, window or size.window, rng,
+                      cleanups=cleanups)
 
 
 def worker_sigkill(options: Options) -> ScenarioResult:
@@ -350,6 +360,7 @@ def worker_sigkill(options: Options) -> ScenarioResult:
             return scenario.worker.kill_child(rng)
 
         def kill_main() -> str:
+            scenario.worker.await_busy()
             killed = scenario.worker.kill_all()
             time.sleep(VISIBILITY_TIMEOUT_SECONDS + 1)  # a supervisor's restart delay
             scenario.worker.start()

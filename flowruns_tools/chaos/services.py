@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,10 @@ DEFAULT_REDIS_DB = 13
 DEFAULT_PG_PORT = 55432
 DEFAULT_REDIS_PORT = 56379
 RESULT_PREFIX = "celery-task-meta-"
+
+
+IDLE_WAITS = frozenset({"anon_pipe_read", "pipe_read"})
+"""Where an idle pool process sleeps (its kernel wait channel): reading its next task from a pipe."""
 
 
 class ChaosSetupError(RuntimeError):
@@ -173,9 +177,12 @@ def find_pg_bindir(explicit: str | None = None) -> Path:
 class PostgresCluster:
     """A PostgreSQL cluster of the scenario's own: initdb in a temp dir, started and stopped with pg_ctl."""
 
-    def __init__(self, bindir: Path, port: int) -> None:
+    def __init__(self, bindir: Path, port: int, listen: tuple[str, ...] = ("127.0.0.1",),
+                 trusted: tuple[str, ...] = ()) -> None:
+        """`listen`: the addresses it listens on; `trusted`: networks (CIDR) besides 127.0.0.1 it admits."""
         self.bindir = bindir
         self.port = port
+        self.listen = listen
         self.directory = Path(tempfile.mkdtemp(prefix="flowruns-chaos-pg-"))
         self.data = self.directory / "data"
         self.log = self.directory / "postgres.log"
@@ -186,6 +193,8 @@ class PostgresCluster:
             os.chown(self.directory, account.pw_uid, account.pw_gid)
         self._pg(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-locale",
                   "-E", "UTF8", "--no-sync"])
+        with (self.data / "pg_hba.conf").open("a") as hba:
+            hba.writelines(f"host all all {network} trust\n" for network in trusted)
 
     def _pg(self, command: list[str], timeout: float = 120) -> None:
         binary = str(self.bindir / command[0])
@@ -197,7 +206,8 @@ class PostgresCluster:
             raise ChaosSetupError(f"{command[0]} failed: {completed.stderr.strip() or completed.stdout.strip()}")
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c max_connections=100"
+        options = (f"-p {self.port} -k {self.directory} -c listen_addresses={','.join(self.listen)} "
+                   "-c max_connections=100")
         self._pg(["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start"])
 
     def stop(self, mode: str = "fast") -> None:
@@ -215,13 +225,14 @@ class PostgresCluster:
 class RedisServer:
     """A redis-server of the scenario's own, persisting every write (append-only file, fsync always)."""
 
-    def __init__(self, port: int, password: str | None = None) -> None:
+    def __init__(self, port: int, password: str | None = None, bind: tuple[str, ...] = ("127.0.0.1",)) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ChaosSetupError("redis-server not found on PATH")
         self.binary = binary
         self.port = port
         self.password = password
+        self.bind = bind
         self.directory = Path(tempfile.mkdtemp(prefix="flowruns-chaos-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -234,11 +245,13 @@ class RedisServer:
                            socket_timeout=10)
 
     def start(self) -> None:
-        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+        command = [self.binary, "--port", str(self.port), "--bind", *self.bind, "--dir", str(self.directory),
                    "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
                    "--logfile", str(self.directory / "redis.log")]
         if self.password:
             command += ["--requirepass", self.password]
+        if set(self.bind) != {"127.0.0.1"}:
+            command += ["--protected-mode", "no"]  # it admits its other addresses: the scenario's own bridge
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -294,8 +307,11 @@ class WorkerProcess:
     killed and restarted by pid, never by name."""
 
     def __init__(self, env: dict[str, str], log_dir: Path, label: str, concurrency: int = WORKER_PROCESSES,
-                 loglevel: str = "INFO", code: Path | None = None, app: str = "tasks") -> None:
+                 loglevel: str = "INFO", code: Path | None = None, app: str = "tasks",
+                 prefix: Sequence[str] = ()) -> None:
+        """`prefix`: what the command runs under (`ip netns exec <host>`), which must exec it in place."""
         self.code = code or REPOSITORY
+        self.prefix = list(prefix)
         self.app = app
         self.env = {**env, "PYTHONPATH": str(self.code)} if code is not None else env
         self.log_dir = log_dir
@@ -320,7 +336,7 @@ class WorkerProcess:
         hostname = f"{self.label}-{self.generation}@{socket.gethostname()}"
         log = self.log_dir / f"worker-{self.label}-{self.generation}.log"
         self.logs.append(log)
-        command = [sys.executable, "-m", "celery", "-A", self.app, "worker", "--pool", "prefork",
+        command = [*self.prefix, sys.executable, "-m", "celery", "-A", self.app, "worker", "--pool", "prefork",
                    "--concurrency", str(self.concurrency), "--loglevel", self.loglevel, "--hostname", hostname,
                    "--without-mingle", "--without-gossip"]
         with log.open("wb") as output:
@@ -356,11 +372,23 @@ class WorkerProcess:
             time.sleep(0.05)
         raise ChaosSetupError(f"the worker's pool did not start:\n{self.log_text()[-3000:]}")
 
+    def await_busy(self, timeout: float = 5.0) -> int | None:
+        """Wait (briefly) until a pool process is inside a task, so a fault that follows strikes a worker
+        holding a message; that process, or None if none got one in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for pid in self.children():
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/wchan").read_text().strip() not in IDLE_WAITS:
+                        return pid
+            time.sleep(0.0005)
+        return None
+
     def kill_child(self, rng: random.Random) -> str:
         """SIGKILL one pool process: its task is rejected and requeued at once (reject_on_worker_lost)."""
         with self.lock:
             children = self.wait_for_children()
-            victim = _busiest(children) or rng.choice(children)
+            victim = self.await_busy() or rng.choice(children)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
         return f"SIGKILL pool process {victim}"
@@ -408,6 +436,35 @@ class WorkerProcess:
         return f"worker exited on its own (code {code}: {reason[:300]}); restarted by the supervisor"
 
 
+class WorkerGroup:
+    """Workers on several hosts, driven as one: started, stopped, supervised and logged together."""
+
+    def __init__(self, workers: Sequence[WorkerProcess]) -> None:
+        self.workers = list(workers)
+
+    def start(self) -> None:
+        for worker in self.workers:
+            if not worker.alive():
+                worker.start()
+
+    def wait_for_children(self, timeout: float = 30.0) -> list[int]:
+        return [pid for worker in self.workers for pid in worker.wait_for_children(timeout)]
+
+    def alive(self) -> bool:
+        return all(worker.alive() for worker in self.workers)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    def log_text(self) -> str:
+        return "\n".join(worker.log_text() for worker in self.workers)
+
+    def supervise(self) -> str | None:
+        events = [event for worker in self.workers if (event := worker.supervise()) is not None]
+        return "; ".join(events) or None
+
+
 def _process_identity(pid: int) -> str | None:
     """The pid with its start time: a pid the kernel reused for another process has another identity."""
     try:
@@ -415,23 +472,6 @@ def _process_identity(pid: int) -> str | None:
     except OSError:
         return None
     return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"
-
-
-def _cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def _busiest(pids: list[int], window: float = 0.05) -> int | None:
-    """The process that used the most CPU over a short window (a pool process running a task), if any did."""
-    before = {pid: _cpu_ticks(pid) for pid in pids}
-    time.sleep(window)
-    used = {pid: _cpu_ticks(pid) - ticks for pid, ticks in before.items()}
-    pid, ticks = max(used.items(), key=lambda item: item[1], default=(None, 0))
-    return pid if ticks > 0 else None
 
 
 def _kill_same(processes: dict[int, str]) -> None:
