@@ -20,8 +20,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
+from sqlalchemy.engine import make_url
+
 from flowruns_tools.chaos.checks import ScenarioResult, delivery_counts
-from flowruns_tools.chaos.netns import Network, on_host, reachable, worker_hosts
+from flowruns_tools.chaos.netns import Host, Network, on_host, reachable, worker_hosts
 from flowruns_tools.chaos.rabbitmq import RabbitNode
 from flowruns_tools.chaos.scenarios import (
     VISIBILITY_TIMEOUT_SECONDS,
@@ -125,6 +128,7 @@ class Round:
     def __init__(self, network: Network, scenario: World, *, cut: int, kill: int, seconds: float,
                  probe_port: int) -> None:
         self.network = network
+        self.database_url = scenario.database_url
         self.cut_host = network.hosts[cut]
         self.cut_worker = scenario.workers.workers[cut]
         self.kill = kill
@@ -136,8 +140,10 @@ class Round:
 
     def __call__(self) -> str:
         network, host = self.network, self.cut_host
-        cut_busy = self.cut_worker.await_busy() is not None
-        network.cut(host)
+        moment = cut_mid_transaction(network, host, self.database_url)
+        if moment is None:
+            moment = "mid-task" if self.cut_worker.await_busy() is not None else "while idle"
+            network.cut(host)
         self.cut_at, began = time.time(), time.monotonic()
         blocked = not reachable(host, network.gateway, self.probe_port, timeout=0.5)
         time.sleep(max(0.0, KILL_AFTER_SECONDS - (time.monotonic() - began)))
@@ -152,7 +158,7 @@ class Round:
         self.healed_at = time.time()
         if not blocked:
             raise ChaosSetupError(f"host {host.index} still reached PostgreSQL with its link cut")
-        return (f"cut host {host.index}'s link ({host.link}) {_moment(cut_busy)} for "
+        return (f"cut host {host.index}'s link ({host.link}) {moment} for "
                 f"{self.healed_at - self.cut_at:.0f}s; {KILL_AFTER_SECONDS:.0f}s in, on host {self.kill + 1} "
                 f"{_moment(kill_busy)}: {killed}, restarted {VISIBILITY_TIMEOUT_SECONDS + 1}s later; "
                 f"healed host {host.index}")
@@ -160,6 +166,40 @@ class Round:
 
 def _moment(busy: bool) -> str:
     return "mid-task" if busy else "while idle"
+
+
+OPEN_TRANSACTION = """
+SELECT pid, xact_start FROM pg_stat_activity
+WHERE client_addr = %s AND state = 'idle in transaction' AND xact_start IS NOT NULL
+"""
+"""A backend of the host inside a transaction, waiting for the host's next statement."""
+STILL_OPEN = """
+SELECT 1 FROM pg_stat_activity WHERE pid = %s AND xact_start = %s AND state = 'idle in transaction'
+"""
+CUT_ATTEMPTS = 40
+
+
+def cut_mid_transaction(network: Network, host: Host, database_url: str) -> str | None:
+    """Cut the host's link while one of its database sessions is inside a transaction waiting for its
+    next statement, which then cannot arrive: the transaction stays open, holding its locks, while
+    other hosts run the same requests. A cut that lands just after the transaction ended is healed
+    at once (a flap of a few milliseconds) and tried again. What the cut struck, or None with the
+    link intact when no such moment came."""
+    with psycopg.connect(make_url(database_url).set(drivername="postgresql").render_as_string(False),
+                         autocommit=True) as connection:
+        for attempt in range(1, CUT_ATTEMPTS + 1):
+            deadline, found = time.monotonic() + 1.0, None
+            while found is None and time.monotonic() < deadline:
+                found = connection.execute(OPEN_TRANSACTION, (host.address,)).fetchone()
+            if found is None:
+                continue
+            network.cut(host)
+            if connection.execute(STILL_OPEN, found).fetchone() is not None:
+                flaps = f" after {attempt - 1} flaps" if attempt > 1 else ""
+                return f"mid-transaction (backend {found[0]} left idle in transaction{flaps})"
+            network.heal(host)
+            time.sleep(0.2)
+    return None
 
 
 RECEIVED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] Task [\w.]+\[[0-9a-f-]{36}\] "
@@ -178,8 +218,9 @@ def _note_hosts(result: ScenarioResult, scenario: World, network: Network, round
     logs = {host.index: worker.log_text() for host, worker in zip(network.hosts, scenario.workers.workers)}
     times = {index: received_times(log) for index, log in logs.items()}
     for index, log in logs.items():
-        absorbed = delivery_counts(log)[2]
-        per_host[f"host {index}"] = f"{len(times[index])} deliveries, {absorbed} absorbed by the inbox"
+        absorbed, races = delivery_counts(log)[2], log.count("lost a race to a copy of itself")
+        per_host[f"host {index}"] = (f"{len(times[index])} deliveries, {absorbed} absorbed by the inbox, "
+                                     f"{races} rolled back after losing a race to a copy")
     for number, fault in enumerate(rounds, 1):
         if not fault.healed_at:
             continue
