@@ -234,12 +234,20 @@ def bench_worker(concurrencies: str, runs: int, in_flight: int, redis_db: int, a
 @click.option("--logs", type=click.Path(file_okay=False), default=None, help="keep worker logs in this directory")
 @click.option("--worker-code", type=click.Path(exists=True, file_okay=False), default=None,
               help="run the workers from this source tree (an exported commit) instead of this checkout")
+@click.option("--soak", "soak_minutes", type=float, default=None, metavar="MINUTES",
+              help="instead of the scenarios: a steady mixed load with beat running for MINUTES, a row of "
+                   "throughput, latency, worker memory and table sizes per interval, the same checks at the end")
+@click.option("--soak-plot", type=click.Path(dir_okay=False), default="flowruns-soak.png", show_default=True,
+              help="where the soak writes its PNG plot")
+@click.option("--soak-interval", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
+              help="seconds per row of the soak's series")
 def chaos(short: bool, as_json: bool, scenarios: tuple[str, ...], seed: int, redis_db: int, pg_bin: str | None,
           pg_port: int, redis_port: int, broker: str, rabbitmq_url: str, rabbitmq_port: int, logs: str | None,
-          worker_code: str | None) -> None:
+          worker_code: str | None, soak_minutes: float | None, soak_plot: str, soak_interval: float) -> None:
     """Fault-injection scenarios: worker SIGKILL, PostgreSQL and broker restarts, duplicate delivery, bad
     input, hostile input, on Redis or RabbitMQ or both. Each checks that every request took effect
-    exactly once; exits 1 on any loss, duplicate, drift or lost worker process."""
+    exactly once; exits 1 on any loss, duplicate, drift or lost worker process. With --soak, a long
+    steady load instead (docs/SOAK.md)."""
     from pathlib import Path
 
     from flowruns_tools import chaos as harness
@@ -248,6 +256,9 @@ def chaos(short: bool, as_json: bool, scenarios: tuple[str, ...], seed: int, red
     unknown = [name for name in scenarios if name not in harness.SCENARIOS]
     if unknown:
         raise click.BadParameter(f"unknown scenario {unknown}; choose from {', '.join(harness.SCENARIOS)}")
+    if soak_minutes is not None and (soak_minutes <= 0 or scenarios or broker == "both"):
+        raise click.UsageError("--soak takes a positive number of minutes, one broker (redis or rabbitmq) and no "
+                               "--scenario")
     settings = get_settings()
     options = harness.Options(
         database_url=settings.database_url, redis_url=settings.broker_url, short=short, seed=seed,
@@ -262,6 +273,12 @@ def chaos(short: bool, as_json: bool, scenarios: tuple[str, ...], seed: int, red
     if not settings.broker_url.startswith(("redis://", "rediss://")):
         raise click.ClickException(f"chaos scenarios need a Redis (for results, and as a broker); "
                                    f"FLOWRUNS_BROKER_URL is {harness.safe_url(settings.broker_url)}")
+    if soak_minutes is not None:
+        from flowruns_tools.chaos.soak import SoakPlan, soak_command
+
+        options.broker = broker
+        plan = SoakPlan(minutes=soak_minutes, interval_seconds=soak_interval, plot=Path(soak_plot))
+        sys.exit(soak_command(options, plan, as_json))
     brokers = ("redis", "rabbitmq") if broker == "both" else (broker,)
     sys.exit(harness.run_chaos(options, list(scenarios) or list(harness.SCENARIOS), as_json, brokers))
 
