@@ -65,7 +65,7 @@ class Network:
 
     def create(self) -> None:
         if os.geteuid() != 0:
-            raise ChaosSetupError("the partition scenario needs root (ip netns, veth pairs)")
+            raise ChaosSetupError("network namespaces and veth pairs need root")
         remove_stale()
         try:
             ip("link", "add", self.bridge, "type", "bridge")

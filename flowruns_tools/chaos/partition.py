@@ -14,8 +14,10 @@ killed outright leaves them to the next run, which removes them first (`netns.wo
 
 import contextlib
 import datetime
+import os
 import random
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +63,9 @@ PORT_OFFSET = 7
 
 def partition(options: Options) -> ScenarioResult:
     result = ScenarioResult("partition")
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        result.skipped = "needs root and `ip` (iproute2) to make network namespaces"
+        return result
     rng = random.Random(options.seed + 5)
     with contextlib.ExitStack() as stack:
         network = stack.enter_context(worker_hosts(HOSTS))
