@@ -94,7 +94,10 @@ def partition(options: Options) -> ScenarioResult:
         rounds = [Round(network, scenario, cut=0, kill=1, seconds=seconds, probe_port=cluster.port)]
         if not options.short:
             rounds.append(Round(network, scenario, cut=1, kill=2, seconds=seconds, probe_port=cluster.port))
-        run_batch(scenario, workload, list(zip((0.1, 0.55), rounds)), result, options.size.deadline_seconds)
+        run_batch(scenario, workload, list(zip((0.1, 0.55), rounds)), result, options.size.deadline_seconds,
+                  keep_worker=True)
+        result.notes["rejoin_probes"] = _await_rejoin(scenario, rounds)
+        scenario.workers.stop()
         _note_hosts(result, scenario, network, rounds)
     taken_over = sum(result.notes.get(key, 0) for key in ("broker_redeliveries", "producer_resends",
                                                              "absorbed_by_inbox"))
@@ -216,9 +219,33 @@ def received_times(log: str) -> list[float]:
     return [datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp() for stamp in RECEIVED.findall(log)]
 
 
+REJOIN_SECONDS = 90.0
+"""How long after the batch a faulted host may take to consume again (a worker whose connection the
+broker closed during the cut reconnects on its own backoff)."""
+
+
+def _await_rejoin(scenario: World, rounds: list[Round]) -> int:
+    """Until every host that was cut off or killed has taken work since (or REJOIN_SECONDS pass), send
+    counts, which write nothing, for the idle hosts to share; how many were sent."""
+    def rejoined() -> bool:
+        for fault in rounds:
+            for worker, since in ((fault.cut_worker, fault.healed_at), (fault.kill_worker, fault.restarted_at)):
+                if since and not any(moment > since for moment in received_times(worker.log_text())):
+                    return False
+        return True
+
+    probes, deadline = 0, time.monotonic() + REJOIN_SECONDS
+    while not rejoined() and time.monotonic() < deadline:
+        for _ in range(HOSTS * 2):
+            scenario.driver.call("flow_runs.count_flow_runs", {}, timeout=REJOIN_SECONDS)
+            probes += 1
+    return probes
+
+
 def _note_hosts(result: ScenarioResult, scenario: World, network: Network, rounds: list[Round]) -> None:
-    """Deliveries per host, and around each round: the cut-off host takes work again after the heal,
-    the killed one after its restart, and some host works all through the cut."""
+    """Deliveries per host, and around each round: the cut-off host took work again after the heal, the
+    killed one after its restart (the batch's, or the rejoin probes'), and some host worked all
+    through the cut."""
     per_host: dict[str, str] = {}
     logs = {host.index: worker.log_text() for host, worker in zip(network.hosts, scenario.workers.workers)}
     times = {index: received_times(log) for index, log in logs.items()}
