@@ -101,7 +101,11 @@ class Driver:
         self.queue = queue
         self.resend_after = resend_after
         self.copies = copies
-        self.app = Celery("flowruns-chaos-producer", broker=broker_url, backend=result_backend, set_as_current=False)
+        # No result backend on the app: it would subscribe to every sent task's result channel (Celery's
+        # Redis backend does, on send) on a connection nobody reads; Redis drops it at its pub/sub
+        # output limit, and the next send blocks for the backend's 120 s socket timeout. Results are
+        # read below, from `result_backend` directly.
+        self.app = Celery("flowruns-chaos-producer", broker=broker_url, set_as_current=False)
         self.app.conf.update(
             task_default_queue=queue,
             task_serializer="json",
