@@ -150,7 +150,7 @@ class Round:
         network, host = self.network, self.cut_host
         moment = cut_mid_transaction(network, host, self.database_url)
         if moment is None:
-            moment = "mid-task" if self.cut_worker.await_busy() is not None else "while idle"
+            moment = _moment(self.cut_worker.await_busy() is not None)
             network.cut(host)
         self.cut_at, began = time.time(), time.monotonic()
         blocked = not reachable(host, network.gateway, self.probe_port, timeout=0.5)

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from flowruns_tools.chaos.soak_load import KINDS, RequestLog
+from flowruns_tools.cpu_usage import resident_kib
 
 TABLES = ("flow_run", "flow_run_state", "processed_request", "concurrency_slot_holding")
 PRUNE_TASK = "maintenance.prune_processed_requests"
@@ -56,17 +57,6 @@ class MaintenanceRun:
     at: float
     task: str
     outcome: Any
-
-
-def rss_kb(pid: int) -> int:
-    """A process's resident set (VmRSS), 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 class Sampler(threading.Thread):
@@ -120,9 +110,9 @@ class Sampler(threading.Thread):
         except sa.exc.DBAPIError as error:
             self.errors.append(f"sample at {at:.0f}s: {error}")
             return False
-        workers = [rss_kb(pid) for pid in self.worker_pids()]
+        workers = [resident_kib(pid) for pid in self.worker_pids()]
         self.samples.append(Sample(at, tables, sum(workers), max(workers, default=0),
-                                   sum(rss_kb(pid) for pid in self.beat_pids())))
+                                   sum(resident_kib(pid) for pid in self.beat_pids())))
         return True
 
     def _poll_maintenance(self) -> None:
@@ -201,7 +191,8 @@ def interval_row(label: str, start: float, end: float, log: RequestLog, sample: 
     latencies: dict[str, list[float]] = {"all": [entry.latency for entry in finished]}
     for entry in finished:
         latencies.setdefault(entry.kind, []).append(entry.latency)
-    summary = {kind: (_ms(percentile(values, 0.5)), _ms(percentile(values, 0.99))) for kind, values in latencies.items()}
+    summary = {kind: (_ms(percentile(values, 0.5)), _ms(percentile(values, 0.99)))
+               for kind, values in latencies.items()}
     counts = Counter(entry.kind for entry in finished)
     pruned = sum(int(run.outcome or 0) for run in maintenance if run.task == PRUNE_TASK and start < run.at <= end)
     return IntervalRow(label, start, end, {kind: counts.get(kind, 0) for kind in KINDS.values()}, summary, sample,
