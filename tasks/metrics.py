@@ -96,6 +96,36 @@ def _queue_depth(app: Celery, queue: str) -> int:
             return 0
 
 
+class InFlight:
+    """The task name of each request received and not yet finished, by task id.
+
+    One id can be in flight twice: a producer's re-send or a replay reaches the worker (and its
+    task-received event is published) before the first copy's task-succeeded event.
+    """
+
+    def __init__(self) -> None:
+        self._names: dict[str, tuple[str, int]] = {}
+
+    def received(self, task_id: str, name: str) -> None:
+        _, copies = self._names.get(task_id, (name, 0))
+        self._names[task_id] = (name, copies + 1)
+
+    def finished(self, task_id: str) -> str:
+        """The name of a finished request ("" when its task-received event was never seen)."""
+        name, copies = self._names.pop(task_id, ("", 0))
+        if copies > 1:
+            self._names[task_id] = (name, copies - 1)
+        return name
+
+    def forget_oldest(self, keep: int) -> None:
+        """Drop the oldest ids beyond `keep` (requests whose outcome never came: a lost worker)."""
+        for task_id in list(self._names)[:max(len(self._names) - keep, 0)]:
+            del self._names[task_id]
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 class EventCounters:
     """Counters fed by the worker's events."""
 
@@ -110,20 +140,20 @@ class EventCounters:
                                ["kind"], registry=registry)
         self.late = Counter("flowruns_runs_marked_late", "Runs the late-runs marker marked late", registry=registry)
 
-    def handle(self, event: dict[str, Any], names: dict[str, str], replayed: set[str]) -> None:
+    def handle(self, event: dict[str, Any], names: InFlight, replayed: set[str]) -> None:
         kind = event.get("type", "")
         if kind == "task-received":
-            names[event["uuid"]] = event.get("name") or ""
+            names.received(event["uuid"], event.get("name") or "")
         elif kind == "task-succeeded":
             uuid = event.get("uuid", "")
-            name = names.pop(uuid, "")
+            name = names.finished(uuid)
             outcome = OUTCOME.search(event.get("result") or "") if name in TRANSITION_TASKS else None
             self.requests.labels(name or "unknown", outcome.group(1) if outcome else "SUCCESS").inc()
             if outcome and uuid not in replayed:  # a replay decided nothing again
                 self.transitions.labels(outcome.group(1)).inc()
             replayed.discard(uuid)
         elif kind == "task-failed":
-            self.requests.labels(names.pop(event.get("uuid", ""), "") or "unknown", "FAILURE").inc()
+            self.requests.labels(names.finished(event.get("uuid", "")) or "unknown", "FAILURE").inc()
         elif kind == monitoring_events.RETRY:
             self.retries.labels(event.get("cause") or "unknown").inc()
         elif kind == monitoring_events.REPLAY:
@@ -139,14 +169,13 @@ class EventCounters:
 
 def follow_events(app: Celery, counters: EventCounters) -> None:
     """Count the worker's events, for good; reconnect when the broker goes away."""
-    names: dict[str, str] = {}
+    names = InFlight()
     replayed: set[str] = set()
 
     def on_event(event: dict[str, Any]) -> None:
         counters.handle(event, names, replayed)
-        if len(names) > 100_000:  # tasks whose outcome never came (a lost worker): forget the oldest
-            for key in list(names)[:50_000]:
-                names.pop(key, None)
+        if len(names) > 100_000:
+            names.forget_oldest(50_000)
         if len(replayed) > 10_000:
             replayed.clear()
 

@@ -120,3 +120,35 @@ def test_a_real_batch_shows_in_the_metrics(worker: Worker, exporter: str, databa
     values = wait_for(exporter, expected)
     assert {name: values.get(name) for name in expected} == expected, sorted(values)
     assert not [name for name in values if name.startswith("flowruns_retries_total")]
+
+
+def test_a_request_received_again_before_its_first_copy_finished_keeps_its_name() -> None:
+    """A replay's task-received event can come before the first copy's task-succeeded event."""
+    from prometheus_client import CollectorRegistry
+
+    from tasks.metrics import EventCounters, InFlight
+
+    registry = CollectorRegistry()
+    counters, names, replayed = EventCounters(registry), InFlight(), set[str]()
+    task, result = "flow_runs.set_flow_run_state", "{'status': 'ACCEPT', 'details': {}}"
+    for event in ({"type": "task-received", "uuid": "r", "name": task},
+                  {"type": "task-received", "uuid": "r", "name": task},
+                  {"type": "task-succeeded", "uuid": "r", "result": result},
+                  {"type": "flowruns-replay", "task_id": "r"},
+                  {"type": "task-succeeded", "uuid": "r", "result": result}):
+        counters.handle(event, names, replayed)
+    assert registry.get_sample_value("flowruns_requests_total", {"task": task, "outcome": "ACCEPT"}) == 2.0
+    assert registry.get_sample_value("flowruns_requests_total", {"task": "unknown", "outcome": "SUCCESS"}) is None
+    assert registry.get_sample_value("flowruns_transitions_total", {"outcome": "ACCEPT"}) == 1.0
+    assert len(names) == 0
+
+
+def test_in_flight_forgets_the_oldest_ids_beyond_what_it_keeps() -> None:
+    from tasks.metrics import InFlight
+
+    names = InFlight()
+    for number in range(5):
+        names.received(str(number), f"task-{number}")
+    names.forget_oldest(2)
+    assert len(names) == 2
+    assert (names.finished("0"), names.finished("4")) == ("", "task-4")
