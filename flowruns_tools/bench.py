@@ -153,6 +153,9 @@ def run_models_bench(sizes: list[int], runs: int, as_json: bool) -> Report:
 
         progress(f"creating {runs} runs ...")
         run_ids = _bench_creates(report, url, flow_id, plain_id, runs)
+        progress(f"creating {runs} runs as the worker does (two statements, the inbox row in the write) ...")
+        run_ids += _bench_creates(report, url, flow_id, plain_id, runs, as_worker=True,
+                                  name="creates/s as the worker makes them")
         progress(f"driving {runs} runs scheduled → pending → running → completed ...")
         _bench_transitions(report, url, run_ids, "core-policy transitions/s (no limit)")
         limited_ids = _create_runs(url, flow_id, limited_id, runs)
@@ -173,6 +176,10 @@ def run_models_bench(sizes: list[int], runs: int, as_json: bool) -> Report:
         _bench_transitions(
             report, url, threaded_ids, f"core-policy transitions/s, {CONCURRENT_THREADS} threads in one process",
             threads=CONCURRENT_THREADS,
+        )
+        threaded_ids += _bench_creates(
+            report, url, flow_id, plain_id, runs, threads=CONCURRENT_THREADS, as_worker=True,
+            name=f"creates/s as the worker makes them, {CONCURRENT_THREADS} threads in one process",
         )
         threaded_worker_ids = _create_runs(url, flow_id, plain_id, runs)
         _bench_transitions(
@@ -218,14 +225,35 @@ def _create_runs(url: str, flow_id: uuid.UUID, deployment_id: uuid.UUID, count: 
     return ids
 
 
+def _create_runs_as_the_worker(url: str, flow_id: uuid.UUID, deployment_id: uuid.UUID, count: int) -> list[uuid.UUID]:
+    from models.schemas.actions import FlowRunCreate
+    from orchestration import service
+
+    ids = []
+    for _ in range(count):
+        with database.statement_unit(url) as session:
+            inbox = service.Inbox(str(uuid.uuid4()), "flow_runs.create_flow_run", _encode)
+            flow_run = FlowRunCreate.model_validate(
+                {"flow_id": flow_id, "deployment_id": deployment_id, "state": _scheduled_in_past().model_dump(exclude={"id", "timestamp"})})
+            ids.append(uuid.UUID(service.create_flow_run(session, flow_run, inbox).encoded["id"]))
+    return ids
+
+
+def _encode(result: Any) -> Any:
+    return result.model_dump(mode="json")
+
+
 def _bench_creates(
     report: Report, url: str, flow_id: uuid.UUID, deployment_id: uuid.UUID, count: int,
-    threads: int = 1, name: str = "creates/s (with a Scheduled state)",
+    threads: int = 1, name: str = "creates/s (with a Scheduled state)", as_worker: bool = False,
 ) -> list[uuid.UUID]:
+    """Runs created with a Scheduled state: each in a transaction of its own (`models.flow_runs`),
+    or `as_worker`: as the worker creates them (`orchestration.service.create_flow_run`)."""
     ids: list[uuid.UUID] = []
+    create_share = _create_runs_as_the_worker if as_worker else _create_runs
 
     def create(share: list[int]) -> None:
-        ids.extend(_create_runs(url, flow_id, deployment_id, len(share)))
+        ids.extend(create_share(url, flow_id, deployment_id, len(share)))
 
     seconds = timed(lambda: _in_threads(create, list(range(count)), threads))
     report.add(name, rate(count, seconds), "runs/s")
@@ -257,15 +285,12 @@ def _bench_transitions(
     rejected: list[uuid.UUID] = []
     inbox_name = "flow_runs.set_flow_run_state"
 
-    def encode(result: Any) -> Any:
-        return result.model_dump(mode="json")
-
     def drive(share: list[uuid.UUID]) -> None:
         for run_id in share:
             for make in (Pending, Running, Completed):
                 if as_worker:
                     with database.statement_unit(url) as session:
-                        inbox = service.Inbox(str(uuid.uuid4()), inbox_name, encode)
+                        inbox = service.Inbox(str(uuid.uuid4()), inbox_name, _encode)
                         result = service.set_flow_run_state(
                             session, run_id, make(), flow_policy=CoreFlowPolicy, inbox=inbox).result
                 else:

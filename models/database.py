@@ -159,6 +159,12 @@ def held_instance(session: Session, model: type[InstanceT], primary_key: Any) ->
     return identity_map.get(identity_key(model, primary_key))  # type: ignore[no-any-return]
 
 
+def one_row_anchor() -> sa.Subquery:
+    """A one-row table to outer-join look-ups to: a statement of them always returns one row, with
+    NULLs for what was not found (an inbox record answers even when its run is gone)."""
+    return sa.select(sa.literal_column("1").label("one")).subquery("anchor")
+
+
 @functools.cache
 def table_insert(table: sa.Table) -> sa.Insert:
     """A plain INSERT of every column of `table`, built once (so its compiled form is reused)."""

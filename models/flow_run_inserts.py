@@ -5,21 +5,30 @@ insert needed) costs more than the insert itself. So every column's value is dec
 defaults the ORM would apply included; one INSERT writes them, and the same values make the
 instance the session then holds as if it had loaded it (no second round trip). On PostgreSQL a
 run created with a state is not inserted here: its row goes in the statement that writes its
-first state (`models.transition_sql`, `RunSnapshot.new_row`).
+first state (`models.transition_sql`, `RunSnapshot.new_row`); the worker's create also reads its
+parents with the request's inbox record (`read_parents_and_inbox`).
 """
 
 import functools
 import uuid
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from models import driver_sql, orm
-from models.database import held_instance, insert_for_dialect, table_insert
+from models.database import (
+    held_instance,
+    insert_for_dialect,
+    one_row_anchor,
+    table_insert,
+)
 from models.errors import ObjectNotFoundError
+from models.requests import Recorded
 
 _runs: sa.Table = orm.FlowRun.__table__  # type: ignore[assignment]
+
+InstanceT = TypeVar("InstanceT")
 
 
 class Parents(NamedTuple):
@@ -38,11 +47,30 @@ def read_parents(session: Session, flow_id: uuid.UUID, deployment_id: uuid.UUID 
         return Parents(flow.labels, deployment.labels if deployment is not None else None)
     if session.autoflush:
         session.flush()  # a flow or deployment added to the session but not yet written counts
-    parameters = {"flow_id": flow_id, "deployment_id": deployment_id}
+    parameters = {"flow_id": flow_id, "deployment_id": deployment_id, "task_id": None}
     row = driver_sql.first(session, _parents_statement(), parameters)
-    if row is None:
+    assert row is not None  # the anchor always yields a row
+    return _parents(row, flow_id, deployment_id)
+
+
+def read_parents_and_inbox(
+    session: Session, flow_id: uuid.UUID, deployment_id: uuid.UUID | None, task_id: str
+) -> tuple[Parents | None, Recorded | None]:
+    """The parents as `read_parents` finds them and the inbox record of `task_id`, in one statement.
+    The parents are None when there is a record (the run it answers may have outlived them);
+    without one, a missing flow or deployment is `ObjectNotFoundError`."""
+    parameters = {"flow_id": flow_id, "deployment_id": deployment_id, "task_id": task_id}
+    row = driver_sql.first(session, _parents_statement(), parameters)
+    assert row is not None
+    if row[4] is not None:
+        return None, Recorded(row[5], row[6])
+    return _parents(row, flow_id, deployment_id), None
+
+
+def _parents(row: Any, flow_id: uuid.UUID, deployment_id: uuid.UUID | None) -> Parents:
+    found_flow_id, flow_labels, found_deployment_id, deployment_labels = row[:4]
+    if found_flow_id is None:
         raise ObjectNotFoundError(f"flow_id: no flow with id {flow_id}")
-    flow_labels, found_deployment_id, deployment_labels = row
     if deployment_id is not None and found_deployment_id is None:
         raise ObjectNotFoundError(f"deployment_id: no deployment with id {deployment_id}")
     return Parents(flow_labels, deployment_labels)
@@ -78,12 +106,27 @@ def insert_flow_run(session: Session, values: dict[str, Any], idempotent: bool) 
 
 def persistent_flow_run(session: Session, row: dict[str, Any]) -> orm.FlowRun:
     """The session's instance of a run just inserted with these column values, as if loaded."""
-    run = orm.FlowRun()
-    # Straight into the instance's dict, as a load puts them: no attribute events, no history.
-    sa.inspect(run).dict.update(row)
+    run = _loaded_instance(orm.FlowRun, row)
     make_transient_to_detached(run)
     session.add(run)
     return run
+
+
+def unattached_flow_run(row: dict[str, Any], state: dict[str, Any] | None) -> orm.FlowRun:
+    """A run with these column values and this state, in no session and with no work queue: what
+    a response is built from before the run is written (no attribute can load anything)."""
+    run = _loaded_instance(orm.FlowRun, row)
+    loaded = sa.inspect(run).dict
+    loaded["state"] = _loaded_instance(orm.FlowRunState, state) if state is not None else None
+    loaded["work_queue"] = None
+    return run
+
+
+def _loaded_instance(model: type[InstanceT], values: dict[str, Any]) -> InstanceT:
+    instance = model()
+    # Straight into the instance's dict, as a load puts them: no attribute events, no history.
+    sa.inspect(instance).dict.update(values)
+    return instance
 
 
 def _defaults() -> dict[str, Any]:
@@ -122,11 +165,16 @@ def _insert_unless_known_statement(dialect: str) -> sa.Insert:
 
 @functools.cache
 def _parents_statement() -> sa.Select[Any]:
+    """The flow, the deployment and the inbox record, each outer-joined to a one-row anchor: one
+    row always comes back, with NULLs for what does not exist."""
     flow: sa.Table = orm.Flow.__table__  # type: ignore[assignment]
     deployment: sa.Table = orm.Deployment.__table__  # type: ignore[assignment]
-    deployment_id = sa.bindparam("deployment_id", type_=sa.Uuid())
-    return (
-        sa.select(flow.c.labels, deployment.c.id, deployment.c.labels)
-        .select_from(flow.outerjoin(deployment, deployment.c.id == deployment_id))
-        .where(flow.c.id == sa.bindparam("flow_id"))
+    requests: sa.Table = orm.ProcessedRequest.__table__  # type: ignore[assignment]
+    anchor = one_row_anchor()
+    joined = (
+        anchor.outerjoin(flow, flow.c.id == sa.bindparam("flow_id", type_=sa.Uuid()))
+        .outerjoin(deployment, deployment.c.id == sa.bindparam("deployment_id", type_=sa.Uuid()))
+        .outerjoin(requests, requests.c.task_id == sa.bindparam("task_id", type_=sa.String()))
     )
+    return sa.select(flow.c.id, flow.c.labels, deployment.c.id, deployment.c.labels,
+                     requests.c.task_id, requests.c.name, requests.c.outcome).select_from(joined)

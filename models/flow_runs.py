@@ -51,22 +51,10 @@ def create_flow_run(
     Only a run created by this call gets the given state, set with force (no slot is taken).
     """
     parents = read_parents(session, flow_run.flow_id, flow_run.deployment_id)
-    values = flow_run.model_dump(exclude_unset=True, exclude=_NOT_INSERTED)
-    for required in ("name", "flow_id"):
-        values[required] = getattr(flow_run, required)
     queue = None
     if isinstance(flow_run, FlowRunCreate):
         queue = resolve_work_queue(session, flow_run.work_pool_name, flow_run.work_queue_name)
-        if queue is not None:
-            values["work_queue_id"] = queue.id
-            values["work_queue_name"] = queue.name
-    if "empirical_policy" in values:
-        values["empirical_policy"] = flow_run.empirical_policy
-    if "created_by" in values:
-        values["created_by"] = getattr(flow_run, "created_by", None)
-    values["labels"] = _labels_with_system_labels(flow_run, parents)
-    values["created"] = values["updated"] = now_utc()
-    values.setdefault("id", uuid.uuid4())
+    values = new_flow_run_values(flow_run, parents, queue)
 
     idempotent = bool(flow_run.idempotency_key)
     if flow_run.state is not None and not idempotent and dialect_name(session) == "postgresql":
@@ -92,6 +80,27 @@ def create_flow_run(
         # compare. The rules work on a snapshot of it; the write keeps the session's instance in step.
         transition_service().set_new_flow_run_state(session, row, flow_run.state, unsaved, orchestration_parameters)
     return run
+
+
+def new_flow_run_values(
+    flow_run: FlowRun | FlowRunCreate, parents: Parents, queue: orm.WorkQueue | None
+) -> dict[str, Any]:
+    """The columns a create sets for `flow_run` (`new_run_row` fills in the rest): what the
+    request set, its queue, its labels over its parents', its timestamps and id."""
+    values = flow_run.model_dump(exclude_unset=True, exclude=_NOT_INSERTED)
+    for required in ("name", "flow_id"):
+        values[required] = getattr(flow_run, required)
+    if queue is not None:
+        values["work_queue_id"] = queue.id
+        values["work_queue_name"] = queue.name
+    if "empirical_policy" in values:
+        values["empirical_policy"] = flow_run.empirical_policy
+    if "created_by" in values:
+        values["created_by"] = getattr(flow_run, "created_by", None)
+    values["labels"] = _labels_with_system_labels(flow_run, parents)
+    values["created"] = values["updated"] = now_utc()
+    values.setdefault("id", uuid.uuid4())
+    return values
 
 
 def _labels_with_system_labels(flow_run: FlowRun | FlowRunCreate, parents: Parents) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from models import driver_sql, orm
 from models.concurrency_slots import acquire_slot, release_flow_run_slots
-from models.database import dialect_name, held_instance, insert_for_dialect, table_insert
+from models.database import dialect_name, held_instance, insert_for_dialect, one_row_anchor, table_insert
 from models.requests import Recorded, record_outcome
 from models.run_snapshots import (
     DeploymentSlot,
@@ -97,11 +97,6 @@ _cache: sa.Table = orm.TaskRunStateCache.__table__  # type: ignore[assignment]
 # -- reading ----------------------------------------------------------------------------------
 
 
-def _anchor() -> sa.Subquery:
-    """A one-row table to outer-join everything to: the inbox answers even when the run is gone."""
-    return sa.select(sa.literal_column("1").label("one")).subquery("anchor")
-
-
 def _run_and_state(tables: RunTables, anchor: sa.Subquery) -> tuple[list[sa.ColumnElement[Any]], sa.FromClause]:
     run, state = tables.run, tables.state
     columns = [run.c[name].label(f"run__{name}") for name in tables.snapshot_columns]
@@ -121,7 +116,7 @@ def _read_flow_run_statement() -> sa.Select[Any]:
     run, history = FLOW_RUNS.run, FLOW_RUNS.state.alias("history")
     deployment: sa.Table = orm.Deployment.__table__  # type: ignore[assignment]
     all_holdings = _holdings.alias("all_holdings")
-    columns, joined = _run_and_state(FLOW_RUNS, _anchor())
+    columns, joined = _run_and_state(FLOW_RUNS, one_row_anchor())
     holdings = sa.select(sa.func.count()).where(all_holdings.c.flow_run_id == run.c.id).scalar_subquery()
     transition_made = sa.exists().where(
         history.c.flow_run_id == run.c.id,
@@ -151,7 +146,7 @@ def _read_flow_run_statement() -> sa.Select[Any]:
 def _read_task_run_statement() -> sa.Select[Any]:
     run = TASK_RUNS.run
     flow_run, flow_state = FLOW_RUNS.run.alias("flow_run"), FLOW_RUNS.state.alias("flow_state")
-    columns, joined = _run_and_state(TASK_RUNS, _anchor())
+    columns, joined = _run_and_state(TASK_RUNS, one_row_anchor())
     columns += [
         flow_run.c.id.label("flow__id"),
         flow_run.c.run_count.label("flow__run_count"),
@@ -258,10 +253,16 @@ def is_conflict(error: BaseException) -> bool:
 def _write_in_one_statement(session: Session, tables: RunTables, write: TransitionWrite) -> WriteResult:
     if write.new_run is not None:
         # A run this transaction creates: no one else can see it, nothing to compare.
-        statement = _insert_run_and_state_statement(tables) if write.state else table_insert(tables.run)
-        values = {f"run__{name}": value for name, value in write.new_run.items()} if write.state else write.new_run
-        if write.state:
+        if write.state is None and write.inbox is None:
+            driver_sql.execute(session, table_insert(tables.run), write.new_run)
+            return WriteResult(applied=True)
+        values = {f"run__{name}": value for name, value in write.new_run.items()}
+        if write.state is not None:
             values.update({f"state__{name}": write.state.get(name) for name in tables.state.c.keys()})
+        if write.inbox is not None:
+            values.update(task_id=write.inbox.task_id, task_name=write.inbox.name, outcome=write.inbox.outcome,
+                          now=now_utc())
+        statement = _insert_new_run_statement(tables, write.state is not None, write.inbox is not None)
         driver_sql.execute(session, statement, values)
         return WriteResult(applied=True)
     shape = _Shape(
@@ -395,19 +396,32 @@ def _cas_statement(shape: _Shape) -> sa.Select[Any]:
 
 
 @functools.cache
-def _insert_run_and_state_statement(tables: RunTables) -> sa.Insert:
-    """PostgreSQL: `WITH new_run AS (INSERT run ...) INSERT state ...`, one round trip for a new
-    run and its first state; the rows' foreign keys to each other are checked at the end of the
-    statement, when both exist."""
-    state, run = tables.state, tables.run
+def _insert_new_run_statement(tables: RunTables, state: bool, inbox: bool) -> sa.Executable:
+    """PostgreSQL: a new run, its first state and the request's inbox row in one statement (the
+    run's INSERT as a CTE; the rows' foreign keys to each other are checked at the end of the
+    statement, when both exist). With the inbox row, a copy of the request that recorded first
+    makes the statement raise the conflict, so nothing of it stays."""
+    state_table, run = tables.state, tables.run
     insert_run = sa.insert(run).values(
         {name: sa.bindparam(f"run__{name}", type_=column.type) for name, column in run.c.items()}
     )
-    return (
-        sa.insert(state)
-        .values({name: sa.bindparam(f"state__{name}", type_=column.type) for name, column in state.c.items()})
-        .add_cte(insert_run.cte("new_run"))
+    insert_state = sa.insert(state_table).values(
+        {name: sa.bindparam(f"state__{name}", type_=column.type) for name, column in state_table.c.items()}
     )
+    if not inbox:
+        return insert_state.add_cte(insert_run.cte("new_run"))
+    ctes = [insert_run.cte("new_run")]
+    if state:
+        ctes.append(insert_state.returning(state_table.c.id).cte("new_state"))
+    record = insert_for_dialect("postgresql", _requests).values(
+        task_id=sa.bindparam("task_id", type_=sa.String()), name=sa.bindparam("task_name", type_=sa.String()),
+        outcome=sa.bindparam("outcome", type_=_requests.c.outcome.type),
+        created=sa.bindparam("now", type_=Timestamp()),
+    )
+    recorded = record.on_conflict_do_nothing(index_elements=["task_id"]).returning(_requests.c.task_id).cte("inbox")
+    ctes.append(recorded)
+    taken = ~sa.exists(sa.select(recorded.c.task_id))
+    return sa.select(getattr(sa.func, CONFLICT_FUNCTION)(taken, type_=sa.Boolean()).label("checked")).add_cte(*ctes)
 
 
 def _write_in_the_transaction(session: Session, tables: RunTables, write: TransitionWrite) -> WriteResult:

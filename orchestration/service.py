@@ -14,6 +14,10 @@ Transitions of other runs the rules ask for (a subflow's parent task run mirrors
 clients' failed task runs are rescheduled) are made in the same transaction, right after the
 write. A recorded request (the inbox) answers with its recorded outcome without deciding again.
 
+The worker's create of a run (with its first state, and no idempotency key or work-pool or queue
+names) is the same shape with nothing to compare: one read of the run's flow and deployment with
+the request's inbox record, then one statement inserting the run, its state and the inbox row.
+
 `models.flow_runs.set_flow_run_state` and `models.task_runs.set_task_run_state` reach this module
 through the `flowruns.transitions` entry point (`models.transitions`).
 """
@@ -33,6 +37,12 @@ from sqlalchemy.orm import Session
 from models.concurrency_slots import note_released
 from models.database import explicit_transaction
 from models.errors import ObjectNotFoundError, ValidationError
+from models.flow_run_inserts import (
+    new_run_row,
+    read_parents_and_inbox,
+    unattached_flow_run,
+)
+from models.flow_runs import new_flow_run_values
 from models.requests import Recorded
 from models.run_snapshots import (
     FlowRunSnapshot,
@@ -43,8 +53,9 @@ from models.run_snapshots import (
     TransitionWrite,
     WriteResult,
 )
+from models.schemas.actions import FlowRunCreate
 from models.schemas.base import deep_copy
-from models.schemas.responses import OrchestrationResult
+from models.schemas.responses import FlowRunResponse, OrchestrationResult
 from models.schemas.states import AwaitingRetry, State, StateType
 from models.task_run_state_cache import read_cached_state
 from models.task_runs import failed_task_run_ids, reset_run_counts
@@ -73,6 +84,8 @@ from orchestration.global_policy import GlobalFlowPolicy
 from orchestration.policies import MinimalFlowPolicy
 from orchestration.task_policy import GlobalTaskPolicy, MinimalTaskPolicy
 
+INBOX_ATTEMPTS = 3
+"""Reads a create makes when its write finds the request's inbox row taken (by a copy of it)."""
 MAX_ATTEMPTS = 20
 """Reads and decisions one transition may take when others keep changing the run meanwhile."""
 CONFLICT_PAUSE_CAP_SECONDS = 0.05
@@ -162,6 +175,41 @@ def set_new_flow_run_state(
     return decide_and_write(session, context, MinimalFlowPolicy, GlobalFlowPolicy)
 
 
+def create_flow_run(session: Session, flow_run: FlowRunCreate, inbox: Inbox) -> Transition:
+    """Create a run with its first state (forced) as the worker does, in two statements: the
+    parents' read with the request's inbox record, then the run, its state and the inbox row
+    together. For a run with a state and neither an idempotency key nor work-pool or queue names
+    (`creatable_in_two_statements`); `models.flow_runs.create_flow_run` does every other create.
+    `encoded` is the new run's response as `inbox.encode` gives it."""
+    if flow_run.state is None or not creatable_in_two_statements(flow_run):
+        raise ValueError("create_flow_run: give the run a state, and no idempotency key or work pool or queue")
+    for _ in range(INBOX_ATTEMPTS):
+        parents, recorded = read_parents_and_inbox(session, flow_run.flow_id, flow_run.deployment_id, inbox.task_id)
+        if recorded is not None:
+            return _replay(recorded, inbox)
+        assert parents is not None
+        row = new_run_row(new_flow_run_values(flow_run, parents, queue=None), idempotent=False)
+        context = FlowOrchestrationContext(run=new_flow_run_snapshot(row, write_with_first_state=True),
+                                           initial_state=None, proposed_state=proposed_state_from(flow_run.state))
+        _, read_values = _decide(context, MinimalFlowPolicy, GlobalFlowPolicy)
+        write = _transition_write(context, read_values, None)
+        assert write.new_run is not None
+        encoded = inbox.encode(FlowRunResponse.from_orm_run(unattached_flow_run(write.new_run, write.state)))
+        record = InboxRecord(inbox.task_id, inbox.name, encoded)
+        if _write_guarded(session, FLOW_RUNS, dataclasses.replace(write, inbox=record)).applied:
+            return Transition(result=None, encoded=encoded)
+        # A copy of the request recorded first: the next read finds its record.
+    raise sa_exc.OperationalError(
+        "create", {}, RuntimeError(f"{inbox.name}[{inbox.task_id}]: the inbox row was taken but not found")
+    )
+
+
+def creatable_in_two_statements(flow_run: FlowRunCreate) -> bool:
+    """Whether `create_flow_run` here can make this run (given a state): it has neither an
+    idempotency key nor work-pool or queue names (each needs a look-up the write depends on)."""
+    return not flow_run.idempotency_key and flow_run.work_pool_name is None and flow_run.work_queue_name is None
+
+
 # -- task runs ----------------------------------------------------------------------------------
 
 
@@ -235,9 +283,7 @@ def _transition(
             time.sleep(random.uniform(0, min(0.001 * 2**attempt, CONFLICT_PAUSE_CAP_SECONDS)))
         snapshot, recorded = read()
         if recorded is not None and inbox is not None:
-            if recorded.name != inbox.name:
-                raise ValidationError(f"task_id: {inbox.task_id} was already used by task {recorded.name!r}")
-            return Transition(result=None, encoded=recorded.outcome, replayed=True)
+            return _replay(recorded, inbox)
         if snapshot is None:
             raise ObjectNotFoundError(missing)
         context = decide(snapshot, deep_copy(proposal))  # each attempt decides on a fresh proposal
@@ -253,6 +299,13 @@ def _transition(
     raise sa_exc.OperationalError(
         "transition", {}, RuntimeError(f"the run kept changing: no write applied in {MAX_ATTEMPTS} attempts")
     )
+
+
+def _replay(recorded: Recorded, inbox: Inbox) -> Transition:
+    """The outcome a committed copy of the request recorded (its task id used by another task is refused)."""
+    if recorded.name != inbox.name:
+        raise ValidationError(f"task_id: {inbox.task_id} was already used by task {recorded.name!r}")
+    return Transition(result=None, encoded=recorded.outcome, replayed=True)
 
 
 def decide_and_write(
@@ -353,7 +406,7 @@ def _transition_write(
                        release=effects.release_slots)
     new_run = None
     if snapshot.new_row is not None:
-        new_run = {**snapshot.new_row, **current}
+        new_run = {**snapshot.new_row, **current, **changes}
     return TransitionWrite(
         run_id=snapshot.id,
         seen_state_id=snapshot.state.id if snapshot.state is not None else None,

@@ -20,7 +20,13 @@ from models.schemas.states import StateType, keeps_deployment_slot
 from models.settings import get_settings
 from orchestration import CoreFlowPolicy, service
 from orchestration.service import Inbox, Transition
-from tasks.base import FollowUp, flowruns_task, follow_up_id, transition_task
+from tasks.base import (
+    FollowUp,
+    StatementPath,
+    flowruns_task,
+    follow_up_id,
+    transition_task,
+)
 
 CLEANUP = "flow_runs.cleanup_flow_run_concurrency_slots"
 TRANSITION_ID_NAMESPACE = uuid.UUID("0f3a4c1e-8d2b-4b6e-9a57-3c1d2e4f5a60")
@@ -119,13 +125,22 @@ def transition_id_for(task_id: str) -> uuid.UUID:
         return uuid.uuid5(TRANSITION_ID_NAMESPACE, task_id)
 
 
-@flowruns_task("flow_runs.create_flow_run", CreateFlowRun, recorded=True)
+def _with_a_state(flow_run: FlowRunCreate) -> FlowRunCreate:
+    """Without a state, a run starts PENDING, forced (as the REST endpoint)."""
+    if flow_run.state is not None:
+        return flow_run
+    return flow_run.model_copy(update={"state": StateCreate(type=StateType.PENDING)})
+
+
+def _create_in_two_statements(session: Session, body: CreateFlowRun, inbox: Inbox) -> Transition:
+    return service.create_flow_run(session, _with_a_state(body.flow_run), inbox)
+
+
+@flowruns_task("flow_runs.create_flow_run", CreateFlowRun, recorded=True, statements=StatementPath(
+    lambda body: service.creatable_in_two_statements(body.flow_run), _create_in_two_statements))
 def create_flow_run(session: Session, body: CreateFlowRun, task_id: str) -> FlowRunResponse:
     """Create a run; without a state it starts PENDING, forced (as the REST endpoint)."""
-    flow_run = body.flow_run
-    if flow_run.state is None:
-        flow_run = flow_run.model_copy(update={"state": StateCreate(type=StateType.PENDING)})
-    run = flow_runs.create_flow_run(session, flow_run)
+    run = flow_runs.create_flow_run(session, _with_a_state(body.flow_run))
     return FlowRunResponse.from_orm_run(run)
 
 

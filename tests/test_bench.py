@@ -23,7 +23,8 @@ def test_bench_models_measures_every_figure_in_a_scratch_database() -> None:
              "core-policy transitions/s, 4 threads in one process", "deletes/s",
              "core-policy transitions/s as the worker makes them (no limit)",
              "core-policy transitions/s as the worker makes them (limit 10)",
-             "core-policy transitions/s as the worker makes them, 4 threads in one process")
+             "core-policy transitions/s as the worker makes them, 4 threads in one process",
+             "creates/s as the worker makes them", "creates/s as the worker makes them, 4 threads in one process")
     for name in (*rates, "single-row commits/s (as bench limit)"):
         assert figures[name] > 0
     for label in ("state-type", "tag", "deployment", "task-run"):

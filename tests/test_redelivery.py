@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from models import orm, requests
-from models.database import unit_of_work
+from models.database import get_engine, unit_of_work
+from models.flow_run_inserts import read_parents
 from models.errors import ValidationError
 from orchestration import service
 from tasks import deployments, flow_run_states, flow_runs, flows, task_runs
@@ -132,6 +133,111 @@ def test_create_without_idempotency_key_redelivered_creates_one_run(flow_id: str
     first = ok(flow_runs.create_flow_run, task_id, flow_run={"flow_id": flow_id})
     assert ok(flow_runs.create_flow_run, task_id, flow_run={"flow_id": flow_id}) == first
     assert row_counts()["flow_run"] == 1
+
+
+def test_a_create_copy_that_read_before_the_winner_recorded_returns_the_winners_outcome(
+    flow_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create without a key reads its parents and the inbox, then writes the run, its state and
+    the inbox row in one statement. A copy whose read came before the winner's write finds the
+    inbox row taken at its write: nothing of its run stays, and its next read finds the record."""
+    task_id = new_id()
+    winner = ok(flow_runs.create_flow_run, task_id, flow_run={"flow_id": flow_id, "tags": ["a"]})
+    real_read = service.read_parents_and_inbox
+    reads: list[bool] = []
+
+    def read(session: Session, *args: Any) -> Any:
+        parents, recorded = real_read(session, *args)
+        reads.append(recorded is not None)
+        if len(reads) == 1:  # as a copy that read before the winner wrote would see it
+            return read_parents(session, args[0], args[1]), None
+        return parents, recorded
+
+    monkeypatch.setattr(service, "read_parents_and_inbox", read)
+    assert ok(flow_runs.create_flow_run, task_id, flow_run={"flow_id": flow_id, "tags": ["a"]}) == winner
+    assert reads == [True, True]
+    counts = row_counts()
+    assert (counts["flow_run"], counts["flow_run_state"], counts["processed_request"]) == (1, 1, 2)
+
+
+def test_a_create_answers_with_the_run_as_it_was_stored(flow_id: str) -> None:
+    """The response is built before the write (it goes into the inbox row with it): it is the run
+    a read finds, field for field, but for the clocks a read computes at its own moment."""
+    deployment_id = limited_deployment(flow_id)
+    for fields in ({}, {"state": {"type": "SCHEDULED"}, "tags": ["x"], "parameters": {"n": 1}},
+                   {"deployment_id": deployment_id, "labels": {"team": "data"}, "name": "named"},
+                   {"state": {"type": "RUNNING"}, "empirical_policy": {"retries": 2, "retry_delay": 5}}):
+        created = create_run(flow_id, **fields)
+        read = ok(flow_runs.read_flow_run, flow_run_id=created["id"])
+        clocks = ("estimated_run_time", "estimated_start_time_delta")
+        assert {k: v for k, v in created.items() if k not in clocks} == {k: v for k, v in read.items() if k not in clocks}
+    assert active_slots(deployment_id) == 0  # a forced first state takes no slot
+
+
+def test_a_create_of_a_missing_flow_or_deployment_writes_nothing(flow_id: str) -> None:
+    before = row_counts()
+    missing = str(uuid.uuid4())
+    for fields, field in (({"flow_id": missing}, "flow_id"), ({"flow_id": flow_id, "deployment_id": missing},
+                                                              "deployment_id")):
+        result = apply(flow_runs.create_flow_run, flow_run=fields)
+        assert result.state == "FAILURE"
+        assert type(result.result).__name__ == "ObjectNotFoundError"
+        assert str(result.result).startswith(f"{field}: ")
+    assert row_counts() == before
+
+
+def test_a_create_task_id_used_by_another_task_is_refused(flow_id: str) -> None:
+    task_id = new_id()
+    ok(flows.create_flow, task_id, flow={"name": "other"})
+    result = apply(flow_runs.create_flow_run, task_id, flow_run={"flow_id": flow_id})
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, ValidationError)
+    assert row_counts()["flow_run"] == 0
+
+
+@pytest.mark.postgres_only
+def test_a_create_as_the_worker_makes_it_is_two_statements_each_its_own_commit(flow_id: str) -> None:
+    """The parents' read with the inbox look-up, then one statement writing the run, its first
+    state and the inbox row: no BEGIN, no COMMIT (each statement commits on its own)."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        created = create_run(flow_id, state={"type": "SCHEDULED"})
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert seen == ["SELECT", "WITH"]
+    assert history(created["id"]) == ["Scheduled"]
+
+
+@pytest.mark.postgres_only
+def test_concurrent_copies_of_one_create_write_one_run(flow_id: str) -> None:
+    """Two copies of the same create at the same time: one run and one state, both answers the winner's."""
+    for _ in range(5):
+        task_id = new_id()
+        barrier = threading.Barrier(2)
+        outcomes: list[Any] = []
+
+        def deliver(task_id: str, barrier: threading.Barrier, outcomes: list[Any]) -> None:
+            barrier.wait()
+            outcomes.append(apply(flow_runs.create_flow_run, task_id, flow_run={"flow_id": flow_id}))
+
+        threads = [threading.Thread(target=deliver, args=(task_id, barrier, outcomes)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert [o.state for o in outcomes] == ["SUCCESS", "SUCCESS"]
+        assert outcomes[0].result == outcomes[1].result
+        assert history(outcomes[0].result["id"]) == ["Pending"]
+    counts = row_counts()
+    assert (counts["flow_run"], counts["flow_run_state"]) == (5, 5)
 
 
 # ------------------------------------------------------------------------------------ cleanup
