@@ -48,7 +48,7 @@ def read_parents(session: Session, flow_id: uuid.UUID, deployment_id: uuid.UUID 
     if session.autoflush:
         session.flush()  # a flow or deployment added to the session but not yet written counts
     parameters = {"flow_id": flow_id, "deployment_id": deployment_id, "task_id": None}
-    row = driver_sql.first(session, _parents_statement(), parameters)
+    row = driver_sql.first_mapping(session, _parents_statement(), parameters)
     assert row is not None  # the anchor always yields a row
     return _parents(row, flow_id, deployment_id)
 
@@ -60,20 +60,19 @@ def read_parents_and_inbox(
     The parents are None when there is a record (the run it answers may have outlived them);
     without one, a missing flow or deployment is `ObjectNotFoundError`."""
     parameters = {"flow_id": flow_id, "deployment_id": deployment_id, "task_id": task_id}
-    row = driver_sql.first(session, _parents_statement(), parameters)
+    row = driver_sql.first_mapping(session, _parents_statement(), parameters)
     assert row is not None
-    if row[4] is not None:
-        return None, Recorded(row[5], row[6])
+    if row["inbox_task_id"] is not None:
+        return None, Recorded(row["inbox_name"], row["inbox_outcome"])
     return _parents(row, flow_id, deployment_id), None
 
 
-def _parents(row: Any, flow_id: uuid.UUID, deployment_id: uuid.UUID | None) -> Parents:
-    found_flow_id, flow_labels, found_deployment_id, deployment_labels = row[:4]
-    if found_flow_id is None:
+def _parents(row: dict[str, Any], flow_id: uuid.UUID, deployment_id: uuid.UUID | None) -> Parents:
+    if row["flow_id"] is None:
         raise ObjectNotFoundError(f"flow_id: no flow with id {flow_id}")
-    if deployment_id is not None and found_deployment_id is None:
+    if deployment_id is not None and row["deployment_id"] is None:
         raise ObjectNotFoundError(f"deployment_id: no deployment with id {deployment_id}")
-    return Parents(flow_labels, deployment_labels)
+    return Parents(row["flow_labels"], row["deployment_labels"])
 
 
 def new_run_row(values: dict[str, Any], idempotent: bool) -> dict[str, Any]:
@@ -176,5 +175,9 @@ def _parents_statement() -> sa.Select[Any]:
         .outerjoin(deployment, deployment.c.id == sa.bindparam("deployment_id", type_=sa.Uuid()))
         .outerjoin(requests, requests.c.task_id == sa.bindparam("task_id", type_=sa.String()))
     )
-    return sa.select(flow.c.id, flow.c.labels, deployment.c.id, deployment.c.labels,
-                     requests.c.task_id, requests.c.name, requests.c.outcome).select_from(joined)
+    return sa.select(
+        flow.c.id.label("flow_id"), flow.c.labels.label("flow_labels"),
+        deployment.c.id.label("deployment_id"), deployment.c.labels.label("deployment_labels"),
+        requests.c.task_id.label("inbox_task_id"), requests.c.name.label("inbox_name"),
+        requests.c.outcome.label("inbox_outcome"),
+    ).select_from(joined)

@@ -244,9 +244,9 @@ def _response(row: sa.Row[Any]) -> FlowRunResponse:
     state = row[_STATE_AT:_STATE_END]
     values["state"] = None if state[0] is None else dict(zip(STATE_FIELDS, state))
     response = FlowRunResponse.from_run_values(values)
-    queue_id, queue_name, work_pool_id, work_pool_name = row[-4:]
-    if queue_id is not None:
-        response.set_work_queue(queue_name, work_pool_id, work_pool_name)
+    queue = row._mapping
+    if queue["run_queue_id"] is not None:
+        response.set_work_queue(queue["run_queue_name"], queue["run_queue_work_pool_id"], queue["run_pool_name"])
     return response
 
 

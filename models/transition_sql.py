@@ -228,10 +228,9 @@ def new_flow_run_snapshot(row: dict[str, Any], write_with_first_state: bool) -> 
                            new_row=row if write_with_first_state else None)
 
 
-def new_task_run_snapshot(row: Any) -> TaskRunSnapshot:
-    """The snapshot of a task run this transaction created (an ORM row or mapping, no state)."""
-    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
-    values = {name: get(name) for name in TASK_RUNS.snapshot_columns}
+def new_task_run_snapshot(row: orm.TaskRun) -> TaskRunSnapshot:
+    """The snapshot of a task run this transaction created (no state yet)."""
+    values = {name: getattr(row, name) for name in TASK_RUNS.snapshot_columns}
     return TaskRunSnapshot(**values, state=None, flow_run=None, cached_state=None)
 
 

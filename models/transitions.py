@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
+from models import orm
 from models.schemas.responses import OrchestrationResult
 
 ENTRY_POINT_GROUP = "flowruns.transitions"
@@ -43,7 +44,7 @@ class TransitionService(Protocol):
     ) -> TransitionResult: ...
 
     def set_new_task_run_state(
-        self, session: Session, task_run: Any, state: Any, orchestration_parameters: dict[str, Any] | None = None,
+        self, session: Session, task_run: orm.TaskRun, state: Any, orchestration_parameters: dict[str, Any] | None = None,
     ) -> OrchestrationResult: ...
 
 

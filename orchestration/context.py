@@ -58,7 +58,7 @@ def version_tuple(version: Any) -> tuple[int, ...]:
     return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in parts)
 
 
-def update_run_policy(run: Any, **changes: Any) -> None:
+def update_run_policy(run: FlowRunSnapshot | TaskRunSnapshot, **changes: Any) -> None:
     """Give the run a new `empirical_policy` with these fields changed (the snapshot keeps the one
     it read, so the difference is what gets written)."""
     run.empirical_policy = deep_copy(run.empirical_policy.model_copy(update=changes))

@@ -34,6 +34,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from models import orm
 from models.concurrency_slots import note_released
 from models.database import explicit_transaction
 from models.errors import ObjectNotFoundError, ValidationError
@@ -242,7 +243,7 @@ def set_task_run_state(
 
 
 def set_new_task_run_state(
-    session: Session, task_run: Any, state: Any, orchestration_parameters: dict[str, Any] | None = None
+    session: Session, task_run: orm.TaskRun, state: Any, orchestration_parameters: dict[str, Any] | None = None
 ) -> OrchestrationResult:
     """Force the first state of a task run this transaction created (inserted, no state yet)."""
     proposal = proposed_state_from(state)
