@@ -525,8 +525,13 @@ def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int
         memory.report(report, label)
 
         progress(f"  the ceiling: {3 * len(concurrent_runs)} requests of {NO_DATABASE}, the same way ...")
+        before = cpu_usage.snapshot(pids) if cpu_usage.available() else None
+        started = time.perf_counter()
         ceiling_transitions, ceiling_seconds, _ = _drive_concurrently(driver, concurrent_runs, in_flight,
                                                                       task_name=NO_DATABASE)
+        if before is not None:
+            _report_cpu(report, f"{label}: ceiling", before, cpu_usage.snapshot(pids), processes,
+                        ceiling_transitions, time.perf_counter() - started, per="request")
         ceiling = rate(ceiling_transitions, ceiling_seconds)
         report.add(f"{label}: no-database ceiling, {in_flight} in flight", ceiling, "requests/s",
                    "the same worker, settings and messages; the task does no database work")
@@ -540,19 +545,19 @@ def _bench_worker_once(report: Report, options: Any, concurrency: int, runs: int
 
 
 def _report_cpu(report: Report, label: str, before: Any, after: Any, processes: dict[str, list[int]],
-                transitions: int, elapsed: float) -> None:
-    """CPU per transition, machine-wide and by group of processes: when the cores are busy, this is
-    the bound."""
-    per_transition = 1000 / transitions
-    machine = (after.machine_busy - before.machine_busy) * per_transition
+                count: int, elapsed: float, per: str = "transition") -> None:
+    """CPU per transition (or per `per`), machine-wide and by group of processes: when the cores
+    are busy, this is the bound."""
+    per_item = 1000 / count
+    machine = (after.machine_busy - before.machine_busy) * per_item
     shares = {name: cpu_usage.process_seconds(before, after, pids) for name, pids in processes.items()}
     busy = (after.machine_busy - before.machine_busy) / (elapsed * cpu_usage.cores())
     ceiling = cpu_usage.cores() * 1000 / machine if machine > 0 else float("inf")
-    report.add(f"{label}: machine CPU per transition", machine, "ms",
-               f"cores {busy:.0%} busy; {cpu_usage.cores()} cores allow ≈{ceiling:,.0f} transitions/s at this cost")
+    report.add(f"{label}: machine CPU per {per}", machine, "ms",
+               f"cores {busy:.0%} busy; {cpu_usage.cores()} cores allow ≈{ceiling:,.0f} {per}s/s at this cost")
     for name, seconds in shares.items():
-        report.add(f"{label}: … of which {name}", seconds * per_transition, "ms")
-    rest = machine - sum(shares.values()) * per_transition
+        report.add(f"{label}: … of which {name}", seconds * per_item, "ms")
+    rest = machine - sum(shares.values()) * per_item
     report.add(f"{label}: … of which PostgreSQL, Redis and the rest", max(0.0, rest), "ms")
 
 
