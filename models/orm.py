@@ -104,6 +104,9 @@ class ConcurrencyLimit(BaseColumns, Base):
     denied_slots: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
     slot_decay_per_second: Mapped[float] = mapped_column(sa.Float, nullable=False, default=0.0)
     avg_slot_occupancy_seconds: Mapped[float] = mapped_column(sa.Float, nullable=False, default=2.0)
+    # Not indexed, unlike every other table's: each slot taken or given back updates it, and an
+    # index on it would stop PostgreSQL from updating the row in place (HOT; migration 0006).
+    updated: Mapped[datetime.datetime] = mapped_column(Timestamp, nullable=False, default=now_utc, onupdate=now_utc)
 
     __table_args__ = (sa.CheckConstraint("active_slots >= 0", name="active_slots_not_negative"),)
 
