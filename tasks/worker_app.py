@@ -27,6 +27,10 @@ SOFT_SHUTDOWN_SECONDS = 10.0
 """On a stop signal, running tasks get this long to finish before their messages are re-queued."""
 
 
+PUBLISH_RETRY_POLICY = {"max_retries": 12, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2.0}
+"""How a worker retries publishing a message (a follow-up, a task's retry) while the broker is away."""
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings for `settings` (a plain dict, so tests can inspect it)."""
     return {
@@ -54,6 +58,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": settings.task_time_limit_seconds,
         "worker_soft_shutdown_timeout": SOFT_SHUTDOWN_SECONDS,
         "broker_connection_retry_on_startup": True,
+        # A follow-up or a retry published while the broker restarts waits it out (about 20 s).
+        # Celery's default gives up after about a second, and a retry that cannot be published
+        # ends as Reject without requeue: a FAILURE result for a request whose effect committed.
+        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
         # Monitoring: task events (sent, received, started, ...), and name and kwargs kept with the result.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

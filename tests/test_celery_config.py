@@ -311,3 +311,54 @@ def test_retry_countdowns_on_rabbitmq_are_whole_seconds_of_at_least_one() -> Non
 
     assert broker_countdown(0.1, "amqp://h//") == 1.0 and broker_countdown(2.2, "pyamqp://h//") == 3.0
     assert broker_countdown(0.1, "redis://h/0") == 0.1
+
+
+def test_a_message_published_while_the_broker_restarts_waits_for_it(tmp_path: Path) -> None:
+    """A follow-up or a retry sent on the worker's connection while the broker restarts is
+    published once the broker is back, instead of failing after Celery's default second of
+    retries (which turns a retry into Reject without requeue, a FAILURE for a committed request)."""
+    import shutil
+    import socket
+    import threading
+
+    import redis
+
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(server):
+        pytest.skip("needs redis-server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", str(tmp_path)]
+    started = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    settings = Settings(broker_url=f"redis://127.0.0.1:{port}/0", result_backend=f"redis://127.0.0.1:{port}/1")
+    app = create_app(settings)
+
+    def restart_later() -> None:
+        time.sleep(3.0)
+        started.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    try:
+        for _ in range(50):
+            try:
+                redis.Redis(port=port).ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.1)
+        app.send_task("flows.create_flow", kwargs={"flow": {"name": "before"}}, task_id="published-before")
+        started[0].terminate()
+        started[0].wait(timeout=10)
+        restarter = threading.Thread(target=restart_later)
+        restarter.start()
+        began = time.monotonic()
+        app.send_task("flows.create_flow", kwargs={"flow": {"name": "late"}}, task_id="published-late")
+        waited = time.monotonic() - began
+        restarter.join()
+        assert waited >= 2.5
+        assert redis.Redis(port=port).llen(settings.task_queue) == 1  # the restarted broker kept nothing else
+    finally:
+        app.close()
+        for process in started:
+            process.terminate()
+            process.wait(timeout=10)
