@@ -66,10 +66,16 @@ def test_postgres_restart_mid_batch_retries_and_loses_nothing(options: chaos.Opt
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary")
 def test_redis_restart_mid_batch_keeps_queued_requests(options: chaos.Options) -> None:
-    result = chaos.broker_restart(options)
-    assert result.name == "redis-restart"
-    assert_exactly_once(result)
-    (before, after), = result.notes["queued_before_after_restart"]
+    # The restart comes at a moment of the batch, not of the queue: on a busy machine the worker
+    # may have taken every waiting request just then. Such a batch is still checked, and the
+    # scenario runs once more for a restart that finds requests queued.
+    for _ in range(2):
+        result = chaos.broker_restart(options)
+        assert result.name == "redis-restart"
+        assert_exactly_once(result)
+        (before, after), = result.notes["queued_before_after_restart"]
+        if before > 0:
+            break
     assert before > 0, "the restart should find requests waiting in the queue"
     assert after > 0 or before < 5, "the queue should survive the restart (append-only file)"
 
