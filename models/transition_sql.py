@@ -36,6 +36,7 @@ from models.run_snapshots import (
     DeploymentSlot,
     EnclosingFlowRun,
     FlowRunSnapshot,
+    InboxRecord,
     StateRecord,
     TaskRunSnapshot,
     TransitionWrite,
@@ -257,10 +258,9 @@ def _write_in_one_statement(session: Session, tables: RunTables, write: Transiti
             return WriteResult(applied=True)
         values = {f"run__{name}": value for name, value in write.new_run.items()}
         if write.state is not None:
-            values.update({f"state__{name}": write.state.get(name) for name in tables.state.c.keys()})
+            values.update(_state_parameters(tables, write.state))
         if write.inbox is not None:
-            values.update(task_id=write.inbox.task_id, task_name=write.inbox.name, outcome=write.inbox.outcome,
-                          now=now_utc())
+            values.update(_inbox_parameters(write.inbox), now=now_utc())
         statement = _insert_new_run_statement(tables, write.state is not None, write.inbox is not None)
         driver_sql.execute(session, statement, values)
         return WriteResult(applied=True)
@@ -296,7 +296,7 @@ def _cas_parameters(tables: RunTables, write: TransitionWrite) -> dict[str, Any]
     values: dict[str, Any] = {"run_id": write.run_id, "seen_state_id": write.seen_state_id, "now": now}
     values.update({f"run__{name}": value for name, value in write.run_changes.items()})
     if write.state is not None:
-        values.update({f"state__{name}": write.state.get(name) for name in tables.state.c.keys()})
+        values.update(_state_parameters(tables, write.state))
     if write.slots.acquire_limit_id is not None:
         values.update(limit_id=write.slots.acquire_limit_id, holding_id=write.slots.holding_id)
     if write.cache_entry is not None:
@@ -304,8 +304,36 @@ def _cas_parameters(tables: RunTables, write: TransitionWrite) -> dict[str, Any]
         values.update(cache_id=uuid.uuid4(), cache_key=entry.cache_key, cache_key_digest=cache_key_digest(entry.cache_key),
                       cache_expiration=entry.cache_expiration, cache_state_id=entry.task_run_state_id)
     if write.inbox is not None:
-        values.update(task_id=write.inbox.task_id, task_name=write.inbox.name, outcome=write.inbox.outcome)
+        values.update(_inbox_parameters(write.inbox))
     return values
+
+
+def _state_parameters(tables: RunTables, state: dict[str, Any]) -> dict[str, Any]:
+    return {f"state__{name}": state.get(name) for name in tables.state.c.keys()}
+
+
+def _inbox_parameters(inbox: InboxRecord) -> dict[str, Any]:
+    return {"task_id": inbox.task_id, "task_name": inbox.name, "outcome": inbox.outcome}
+
+
+def _inbox_record() -> sa.Select[Any]:
+    """The request's inbox row, from its parameters (`_inbox_parameters` and `now`)."""
+    return sa.select(
+        sa.bindparam("task_id", type_=sa.String()), sa.bindparam("task_name", type_=sa.String()),
+        sa.bindparam("outcome", type_=_requests.c.outcome.type), sa.bindparam("now", type_=Timestamp()),
+    )
+
+
+def _inbox_cte(record: sa.Select[Any]) -> sa.CTE:
+    """Insert `record` into the inbox unless a copy of the request recorded first; returns its task
+    id only when this statement inserted it."""
+    insert = insert_for_dialect("postgresql", _requests).from_select(["task_id", "name", "outcome", "created"], record)
+    return insert.on_conflict_do_nothing(index_elements=["task_id"]).returning(_requests.c.task_id).cte("inbox")
+
+
+def _raise_if(conflict: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
+    """`flowruns_transition_conflict(conflict)`: the whole statement fails (40001) when it is true."""
+    return getattr(sa.func, CONFLICT_FUNCTION)(conflict, type_=sa.Boolean())
 
 
 @functools.lru_cache(maxsize=512)
@@ -377,12 +405,7 @@ def _cas_statement(shape: _Shape) -> sa.Select[Any]:
             entry,
         ).returning(_cache.c.id).cte("cached"))
     if shape.inbox:
-        record = sa.select(
-            sa.bindparam("task_id", type_=sa.String()), sa.bindparam("task_name", type_=sa.String()),
-            sa.bindparam("outcome", type_=_requests.c.outcome.type), now,
-        ).where(matched)
-        insert = insert_for_dialect("postgresql", _requests).from_select(["task_id", "name", "outcome", "created"], record)
-        inbox = insert.on_conflict_do_nothing(index_elements=["task_id"]).returning(_requests.c.task_id).cte("inbox")
+        inbox = _inbox_cte(_inbox_record().where(matched))
         ctes.append(inbox)
         conflicts.append(~sa.exists(sa.select(inbox.c.task_id)))
     applied = sa.select(sa.func.count()).select_from(run_cas).scalar_subquery()
@@ -390,7 +413,7 @@ def _cas_statement(shape: _Shape) -> sa.Select[Any]:
     return sa.select(
         applied.label("applied"),
         released_sum.label("released"),
-        getattr(sa.func, CONFLICT_FUNCTION)(conflict, type_=sa.Boolean()).label("checked"),
+        _raise_if(conflict).label("checked"),
     ).add_cte(*ctes)
 
 
@@ -412,15 +435,9 @@ def _insert_new_run_statement(tables: RunTables, state: bool, inbox: bool) -> sa
     ctes = [insert_run.cte("new_run")]
     if state:
         ctes.append(insert_state.returning(state_table.c.id).cte("new_state"))
-    record = insert_for_dialect("postgresql", _requests).values(
-        task_id=sa.bindparam("task_id", type_=sa.String()), name=sa.bindparam("task_name", type_=sa.String()),
-        outcome=sa.bindparam("outcome", type_=_requests.c.outcome.type),
-        created=sa.bindparam("now", type_=Timestamp()),
-    )
-    recorded = record.on_conflict_do_nothing(index_elements=["task_id"]).returning(_requests.c.task_id).cte("inbox")
+    recorded = _inbox_cte(_inbox_record())
     ctes.append(recorded)
-    taken = ~sa.exists(sa.select(recorded.c.task_id))
-    return sa.select(getattr(sa.func, CONFLICT_FUNCTION)(taken, type_=sa.Boolean()).label("checked")).add_cte(*ctes)
+    return sa.select(_raise_if(~sa.exists(sa.select(recorded.c.task_id))).label("checked")).add_cte(*ctes)
 
 
 def _write_in_the_transaction(session: Session, tables: RunTables, write: TransitionWrite) -> WriteResult:

@@ -170,10 +170,17 @@ def set_new_flow_run_state(
     """Force the first state of a run this transaction creates (`row`: every column's value). No
     one else can see the run, so there is nothing to read or compare; `write_with_first_state`:
     the run is not inserted yet and goes in with the state."""
-    snapshot = new_flow_run_snapshot(row, write_with_first_state)
-    context = FlowOrchestrationContext(run=snapshot, initial_state=None, proposed_state=proposed_state_from(state),
-                                       parameters=dict(orchestration_parameters or {}))
+    context = _new_run_context(row, state, write_with_first_state, orchestration_parameters)
     return decide_and_write(session, context, MinimalFlowPolicy, GlobalFlowPolicy)
+
+
+def _new_run_context(
+    row: dict[str, Any], state: Any, write_with_first_state: bool, orchestration_parameters: dict[str, Any] | None
+) -> FlowOrchestrationContext:
+    """The context of a new run's first state: nothing before it, the run as `row` has it."""
+    return FlowOrchestrationContext(run=new_flow_run_snapshot(row, write_with_first_state), initial_state=None,
+                                    proposed_state=proposed_state_from(state),
+                                    parameters=dict(orchestration_parameters or {}))
 
 
 def create_flow_run(session: Session, flow_run: FlowRunCreate, inbox: Inbox) -> Transition:
@@ -190,8 +197,7 @@ def create_flow_run(session: Session, flow_run: FlowRunCreate, inbox: Inbox) -> 
             return _replay(recorded, inbox)
         assert parents is not None
         row = new_run_row(new_flow_run_values(flow_run, parents, queue=None), idempotent=False)
-        context = FlowOrchestrationContext(run=new_flow_run_snapshot(row, write_with_first_state=True),
-                                           initial_state=None, proposed_state=proposed_state_from(flow_run.state))
+        context = _new_run_context(row, flow_run.state, write_with_first_state=True, orchestration_parameters=None)
         _, read_values = _decide(context, MinimalFlowPolicy, GlobalFlowPolicy)
         write = _transition_write(context, read_values, None)
         assert write.new_run is not None

@@ -47,6 +47,23 @@ def limited_deployment(flow_id: str, strategy: str = "ENQUEUE") -> str:
     return str(deployment["id"])
 
 
+def two_copies_at_once(task: Any, task_id: str, **kwargs: Any) -> list[Any]:
+    """The eager results of two copies of one request, started together on two threads."""
+    barrier = threading.Barrier(2)
+    outcomes: list[Any] = []
+
+    def deliver() -> None:
+        barrier.wait()
+        outcomes.append(apply(task, task_id, **kwargs))
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return outcomes
+
+
 def active_slots(deployment_id: str) -> int:
     deployment = ok(deployments.read_deployment, deployment_id=deployment_id)
     return int(deployment["global_concurrency_limit"]["active_slots"])
@@ -221,18 +238,7 @@ def test_concurrent_copies_of_one_create_write_one_run(flow_id: str) -> None:
     """Two copies of the same create at the same time: one run and one state, both answers the winner's."""
     for _ in range(5):
         task_id = new_id()
-        barrier = threading.Barrier(2)
-        outcomes: list[Any] = []
-
-        def deliver(task_id: str, barrier: threading.Barrier, outcomes: list[Any]) -> None:
-            barrier.wait()
-            outcomes.append(apply(flow_runs.create_flow_run, task_id, flow_run={"flow_id": flow_id}))
-
-        threads = [threading.Thread(target=deliver, args=(task_id, barrier, outcomes)) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+        outcomes = two_copies_at_once(flow_runs.create_flow_run, task_id, flow_run={"flow_id": flow_id})
         assert [o.state for o in outcomes] == ["SUCCESS", "SUCCESS"]
         assert outcomes[0].result == outcomes[1].result
         assert history(outcomes[0].result["id"]) == ["Pending"]
@@ -430,18 +436,8 @@ def test_concurrent_copies_of_one_transition_write_one_state(flow_id: str) -> No
     for _ in range(5):
         run = create_run(flow_id)
         task_id = new_id()
-        barrier = threading.Barrier(2)
-        outcomes: list[Any] = []
-
-        def deliver() -> None:
-            barrier.wait()
-            outcomes.append(apply(flow_runs.set_flow_run_state, task_id, flow_run_id=run["id"], state={"type": "RUNNING"}))
-
-        threads = [threading.Thread(target=deliver) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+        outcomes = two_copies_at_once(flow_runs.set_flow_run_state, task_id, flow_run_id=run["id"],
+                                      state={"type": "RUNNING"})
         assert [o.state for o in outcomes] == ["SUCCESS", "SUCCESS"]
         assert outcomes[0].result == outcomes[1].result
         assert history(run["id"]) == ["Pending", "Running"]
