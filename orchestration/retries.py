@@ -34,5 +34,9 @@ class RetryFailedFlows(OrchestrationRule[FlowOrchestrationContext]):
         retry = AwaitingRetry(
             scheduled_time=retry_at, message=proposed_state.message, data=proposed_state.data
         )
+        # The retry runs in the same process, which keeps the slot: the state says which one.
+        retry.state_details.deployment_concurrency_lease_id = (
+            initial_state.state_details.deployment_concurrency_lease_id
+        )
         self.reject_transition(retry, "Retrying")
 

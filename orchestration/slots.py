@@ -7,8 +7,9 @@ gives it back in the statement that writes the state, so they happen together or
 rule that decided to take one and is then overruled by a later rule withdraws it in `cleanup`.
 
 A run keeps its slot for as long as its process may be alive: PENDING, RUNNING, CANCELLING, a
-blocking pause and AwaitingRetry (`keeps_deployment_slot`). So resuming a blocking pause and an
-in-process retry never need a new slot and are never bounced; every other state gives it back.
+blocking pause and an in-process retry's AwaitingRetry (`keeps_deployment_slot`). So resuming a
+blocking pause and an in-process retry never need a new slot and are never bounced; every other
+state gives it back, an AwaitingRetry the run proposes itself included.
 
 Deviations from Prefect, on purpose: there is no lease store (nothing expires or is renewed, so
 client versions do not matter for leases); a run entering RUNNING without a slot must secure
@@ -20,8 +21,10 @@ import datetime
 import uuid
 
 from models.schemas.core import ConcurrencyLimitStrategy
+from models.schemas.responses import SetStateStatus
 from models.schemas.states import (
     ACTIVE_STATES,
+    AWAITING_RETRY,
     AwaitingConcurrencySlot,
     Cancelled,
     State,
@@ -165,17 +168,27 @@ class SecureFlowConcurrencySlotsAtRunning(_SlotRule):
 class ReleaseFlowConcurrencySlots(UniversalTransform[FlowOrchestrationContext]):
     """Leaving a state that keeps the slot for one that does not, as finally decided, gives back
     the slot the run holds, if it holds one: a terminal state, a `Suspended` pause, any SCHEDULED
-    state but AwaitingRetry. Runs under every flow policy, forced transitions included."""
+    state but an in-process retry. Runs under every flow policy, forced transitions included.
+
+    Only the AwaitingRetry that `RetryFailedFlows` puts in place of a failure is an in-process
+    retry; one proposed as such (a process rescheduling itself as it stops) leaves the process,
+    and gives the slot back, as in Prefect."""
 
     def after_transition(self, context: FlowOrchestrationContext) -> None:
         if self.nullified_transition() or context.run.deployment_id is None:
             return
         initial, final = context.initial_state, context.proposed_state
-        if initial is None or final is None:
+        if initial is None or final is None or not initial.keeps_deployment_slot():
             return
-        if initial.keeps_deployment_slot() and not final.keeps_deployment_slot():
-            if not context.holds_no_slot():  # known from the read: a DELETE would find nothing
-                context.effects.release_slots = True
+        if final.keeps_deployment_slot() and not _proposed_retry(final, context):
+            return
+        if not context.holds_no_slot():  # known from the read: a DELETE would find nothing
+            context.effects.release_slots = True
+
+
+def _proposed_retry(final: State, context: FlowOrchestrationContext) -> bool:
+    """An AwaitingRetry that was proposed, not put in place of a failure by a rule."""
+    return final.name == AWAITING_RETRY and context.response_status != SetStateStatus.REJECT
 
 
 class EnforceDeploymentConcurrencyOnLate(OrchestrationRule[FlowOrchestrationContext]):

@@ -75,6 +75,37 @@ def test_an_in_process_retry_keeps_its_slot_while_another_run_waits(worker: Work
     assert deployment.propose(waiting, "PENDING")["status"] == "ACCEPT"
 
 
+def test_the_retry_state_names_the_slot_the_run_keeps(worker: Worker) -> None:
+    deployment = Deployment(worker)
+    retrying = deployment.started(empirical_policy={"retries": 1})
+    running = worker.call("flow_runs.read_flow_run", flow_run_id=retrying)["state"]
+    lease_id = running["state_details"]["deployment_concurrency_lease_id"]
+
+    retry = deployment.propose(retrying, "FAILED")
+
+    assert outcome(retry) == ("REJECT", "SCHEDULED", "AwaitingRetry")
+    assert lease_id is not None
+    assert retry["state"]["state_details"]["deployment_concurrency_lease_id"] == lease_id
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["core-policy", "forced"])
+def test_a_proposed_awaiting_retry_leaves_the_process_and_gives_the_slot_back(worker: Worker, force: bool) -> None:
+    """Only the retry a rule puts in place of a failure runs in the same process. A run that
+    reschedules itself as AwaitingRetry (as a process does when it is told to stop) is gone."""
+    deployment = Deployment(worker)
+    rescheduled = deployment.started()
+
+    result = worker.call("flow_runs.set_flow_run_state", flow_run_id=rescheduled, force=force, state={
+        "type": "SCHEDULED", "name": "AwaitingRetry", "state_details": {"scheduled_time": past()}})
+
+    assert outcome(result) == ("ACCEPT", "SCHEDULED", "AwaitingRetry")
+    assert deployment.slots_in_use() == 0
+    other = deployment.run()
+    assert deployment.propose(other, "PENDING")["status"] == "ACCEPT"
+    assert outcome(deployment.propose(rescheduled, "PENDING")) == ("REJECT", "SCHEDULED", "AwaitingConcurrencySlot")
+    assert deployment.slots_in_use() == 1
+
+
 def test_a_blocking_pause_keeps_its_slot_and_a_suspended_run_gives_it_back(worker: Worker) -> None:
     deployment = Deployment(worker)
     paused = deployment.started()
