@@ -1,6 +1,7 @@
 """Deployments and the concurrency limit each may carry."""
 
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -14,45 +15,73 @@ from models.work_queues import create_work_queue, read_work_queue_by_name
 
 
 _DEPLOYMENT_COLUMNS = {
-    "name", "flow_id", "paused", "enforce_parameter_schema", "parameters", "tags", "labels",
-    "work_queue_name", "infrastructure_document_id", "description", "path", "version",
+    "name", "flow_id", "paused", "enforce_parameter_schema", "parameters", "tags",
+    "concurrency_options", "infrastructure_document_id", "description", "path", "version",
     "entrypoint", "job_variables", "created_by",
 }
+"""The request fields written as they are (only those the request set); the queue's columns and
+the labels are derived, the limit has a row of its own."""
+
+_KEPT_ON_UPSERT = {"created_by"}
+"""Columns only the first create writes, as Prefect's ON CONFLICT update leaves them."""
 
 
 def create_deployment(session: Session, deployment: DeploymentCreate | Deployment) -> orm.Deployment:
     """Create the deployment, or update the one with the same flow and name (an upsert, as Prefect).
 
-    A `concurrency_limit` materialises as a limit row named `deployment:<id>`.
+    An upsert changes only what the request set: its fields, the queue when it names a pool or
+    queue, and the limit row named `deployment:<id>` (created, resized or dropped) when it set
+    `concurrency_limit`. The labels are always recomputed: the flow's, the system label, the
+    request's. Returns the row as stored, its queue, pool and limit read back.
     """
-    if session.get(orm.Flow, deployment.flow_id) is None:
+    flow = session.get(orm.Flow, deployment.flow_id)
+    if flow is None:
         raise ObjectNotFoundError(f"flow_id: no flow with id {deployment.flow_id}")
-    fields = deployment.model_dump(include=_DEPLOYMENT_COLUMNS & set(type(deployment).model_fields))
+    fields = _requested_columns(deployment)
+    fields["labels"] = _labels_with_system_labels(flow, deployment.labels)
     queue = _resolve_queue(session, deployment.work_pool_name, deployment.work_queue_name)
     if queue is not None:
         fields["work_queue_id"] = queue.id
         fields["work_queue_name"] = queue.name
-    row = session.execute(
-        sa.select(orm.Deployment).where(
-            orm.Deployment.flow_id == deployment.flow_id, orm.Deployment.name == deployment.name
-        )
-    ).scalar_one_or_none()
+    row = _read_deployment_by_name(session, deployment.flow_id, deployment.name)
     if row is None:
         row = orm.Deployment(id=uuid.uuid4(), **fields)
         session.add(row)
     else:
-        for key, value in fields.items():
-            setattr(row, key, value)
-    row.concurrency_options = deployment.concurrency_options
+        for key in fields.keys() - _KEPT_ON_UPSERT:
+            setattr(row, key, fields[key])
+    _apply_requested_limit(session, row, deployment)
+    session.flush()
+    session.refresh(row)  # the relationships still hold the queue and limit from before an upsert
+    return row
+
+
+def _requested_columns(deployment: DeploymentCreate | Deployment) -> dict[str, Any]:
+    """The deployment's own columns the request set explicitly (`name` and `flow_id` always are)."""
+    columns = _DEPLOYMENT_COLUMNS & set(type(deployment).model_fields)
+    return deployment.model_dump(include=columns, exclude_unset=True)
+
+
+def _labels_with_system_labels(flow: orm.Flow, labels: dict[str, Any] | None) -> dict[str, Any]:
+    """The flow's labels, the system label, then the deployment's own; later keys win."""
+    return {**(flow.labels or {}), "prefect.flow.id": str(flow.id), **(labels or {})}
+
+
+def _read_deployment_by_name(session: Session, flow_id: uuid.UUID, name: str) -> orm.Deployment | None:
+    return session.execute(
+        sa.select(orm.Deployment).where(orm.Deployment.flow_id == flow_id, orm.Deployment.name == name)
+    ).scalar_one_or_none()
+
+
+def _apply_requested_limit(session: Session, row: orm.Deployment, deployment: DeploymentCreate | Deployment) -> None:
+    """Link the global limit the request names, else set the deployment's own limit if it was sent."""
     global_limit_id = getattr(deployment, "global_concurrency_limit_id", None)
     if global_limit_id is not None:
         if session.get(orm.ConcurrencyLimit, global_limit_id) is None:
             raise ObjectNotFoundError(f"global_concurrency_limit_id: no concurrency limit with id {global_limit_id}")
         row.concurrency_limit_id = global_limit_id
-    else:
+    elif "concurrency_limit" in deployment.model_fields_set:
         _set_concurrency_limit(session, row, deployment.concurrency_limit)
-    session.flush()
-    return row
 
 
 def _set_concurrency_limit(session: Session, deployment: orm.Deployment, limit: int | None) -> None:

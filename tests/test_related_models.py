@@ -64,7 +64,7 @@ def test_removing_a_deployment_limit_deletes_its_row(session: Session, flow: orm
         session, actions.DeploymentCreate(name="d", flow_id=flow.id, concurrency_limit=3)
     )
     limit_id = deployment.concurrency_limit_id
-    deployments.create_deployment(session, actions.DeploymentCreate(name="d", flow_id=flow.id))
+    deployments.create_deployment(session, actions.DeploymentCreate(name="d", flow_id=flow.id, concurrency_limit=None))
     assert deployment.concurrency_limit_id is None
     assert session.get(orm.ConcurrencyLimit, limit_id) is None
 
