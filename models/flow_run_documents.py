@@ -174,6 +174,8 @@ def _run_value(name: str) -> sa.ColumnElement[Any]:
         return _seconds(_estimated_start_time_delta())
     if name == "work_queue_name":
         return sa.case((has_queue, _queue.c.name), else_=_runs.c.work_queue_name)
+    if name == "labels":  # a response always carries labels
+        return sa.func.coalesce(_runs.c.labels, sa.literal_column("'{}'::jsonb"))
     if name == "work_pool_id":
         return _queue.c.work_pool_id
     if name == "work_pool_name":

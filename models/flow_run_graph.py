@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased, joinedload, raiseload
 
 from models import orm
+from models.database import dialect_name
 from models.errors import FlowRunGraphTooLarge, ObjectNotFoundError, ValidationError
 from models.schemas.core import FlowRunResult, TaskInputs, TaskRunResult
 from models.schemas.graph import Edge, Graph, GraphState, Node
@@ -74,7 +75,10 @@ def read_flow_run_graph(
     ]
     if len(nodes) > limit:
         raise FlowRunGraphTooLarge(f"The graph of flow run {flow_run_id} has more than {limit} nodes.")
-    nodes.sort(key=lambda node: (node.start_time, node.end_time or _LAST, node.id))
+    # Ordered as Prefect's query orders them: by start, then end, where the database puts a
+    # missing end (last on PostgreSQL, first on SQLite).
+    no_end = EARLIEST if dialect_name(session) == "sqlite" else _LAST
+    nodes.sort(key=lambda node: (node.start_time, node.end_time or no_end, node.id))
     return Graph(
         start_time=start_time,
         end_time=end_time,

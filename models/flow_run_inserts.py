@@ -38,40 +38,60 @@ class Parents(NamedTuple):
     deployment_labels: dict[str, Any] | None
 
 
-def read_parents(session: Session, flow_id: uuid.UUID, deployment_id: uuid.UUID | None) -> Parents:
-    """The flow's and deployment's labels: from the session when it holds both, else one query.
-    A missing flow or deployment is `ObjectNotFoundError`."""
-    flow = held_instance(session, orm.Flow, flow_id)
-    deployment = held_instance(session, orm.Deployment, deployment_id) if deployment_id is not None else None
-    if flow is not None and (deployment_id is None or deployment is not None):
+class ParentIds(NamedTuple):
+    """The rows a new run refers to, which must exist."""
+
+    flow_id: uuid.UUID
+    deployment_id: uuid.UUID | None = None
+    parent_task_run_id: uuid.UUID | None = None
+
+    @classmethod
+    def of(cls, flow_run: Any) -> "ParentIds":
+        return cls(flow_run.flow_id, flow_run.deployment_id, flow_run.parent_task_run_id)
+
+
+def read_parents(session: Session, ids: ParentIds) -> Parents:
+    """The flow's and deployment's labels: from the session when it holds every parent, else one
+    query. A missing flow, deployment or parent task run is `ObjectNotFoundError`."""
+    flow = held_instance(session, orm.Flow, ids.flow_id)
+    deployment = held_instance(session, orm.Deployment, ids.deployment_id) if ids.deployment_id is not None else None
+    if (
+        flow is not None
+        and (ids.deployment_id is None or deployment is not None)
+        and (ids.parent_task_run_id is None or held_instance(session, orm.TaskRun, ids.parent_task_run_id))
+    ):
         return Parents(flow.labels, deployment.labels if deployment is not None else None)
     if session.autoflush:
-        session.flush()  # a flow or deployment added to the session but not yet written counts
-    parameters = {"flow_id": flow_id, "deployment_id": deployment_id, "task_id": None}
-    row = driver_sql.first_mapping(session, _parents_statement(), parameters)
+        session.flush()  # a parent added to the session but not yet written counts
+    row = driver_sql.first_mapping(session, _parents_statement(), _parents_parameters(ids, task_id=None))
     assert row is not None  # the anchor always yields a row
-    return _parents(row, flow_id, deployment_id)
+    return _parents(row, ids)
 
 
 def read_parents_and_inbox(
-    session: Session, flow_id: uuid.UUID, deployment_id: uuid.UUID | None, task_id: str
+    session: Session, ids: ParentIds, task_id: str
 ) -> tuple[Parents | None, Recorded | None]:
     """The parents as `read_parents` finds them and the inbox record of `task_id`, in one statement.
     The parents are None when there is a record (the run it answers may have outlived them);
-    without one, a missing flow or deployment is `ObjectNotFoundError`."""
-    parameters = {"flow_id": flow_id, "deployment_id": deployment_id, "task_id": task_id}
-    row = driver_sql.first_mapping(session, _parents_statement(), parameters)
+    without one, a missing parent is `ObjectNotFoundError`."""
+    row = driver_sql.first_mapping(session, _parents_statement(), _parents_parameters(ids, task_id))
     assert row is not None
     if row["inbox_task_id"] is not None:
         return None, Recorded(row["inbox_name"], row["inbox_outcome"])
-    return _parents(row, flow_id, deployment_id), None
+    return _parents(row, ids), None
 
 
-def _parents(row: dict[str, Any], flow_id: uuid.UUID, deployment_id: uuid.UUID | None) -> Parents:
+def _parents_parameters(ids: ParentIds, task_id: str | None) -> dict[str, Any]:
+    return {**ids._asdict(), "task_id": task_id}
+
+
+def _parents(row: dict[str, Any], ids: ParentIds) -> Parents:
     if row["flow_id"] is None:
-        raise ObjectNotFoundError(f"flow_id: no flow with id {flow_id}")
-    if deployment_id is not None and row["deployment_id"] is None:
-        raise ObjectNotFoundError(f"deployment_id: no deployment with id {deployment_id}")
+        raise ObjectNotFoundError(f"flow_id: no flow with id {ids.flow_id}")
+    if ids.deployment_id is not None and row["deployment_id"] is None:
+        raise ObjectNotFoundError(f"deployment_id: no deployment with id {ids.deployment_id}")
+    if ids.parent_task_run_id is not None and row["parent_task_run_id"] is None:
+        raise ObjectNotFoundError(f"parent_task_run_id: no task run with id {ids.parent_task_run_id}")
     return Parents(row["flow_labels"], row["deployment_labels"])
 
 
@@ -168,16 +188,19 @@ def _parents_statement() -> sa.Select[Any]:
     row always comes back, with NULLs for what does not exist."""
     flow: sa.Table = orm.Flow.__table__  # type: ignore[assignment]
     deployment: sa.Table = orm.Deployment.__table__  # type: ignore[assignment]
+    task_run: sa.Table = orm.TaskRun.__table__  # type: ignore[assignment]
     requests: sa.Table = orm.ProcessedRequest.__table__  # type: ignore[assignment]
     anchor = one_row_anchor()
     joined = (
         anchor.outerjoin(flow, flow.c.id == sa.bindparam("flow_id", type_=sa.Uuid()))
         .outerjoin(deployment, deployment.c.id == sa.bindparam("deployment_id", type_=sa.Uuid()))
+        .outerjoin(task_run, task_run.c.id == sa.bindparam("parent_task_run_id", type_=sa.Uuid()))
         .outerjoin(requests, requests.c.task_id == sa.bindparam("task_id", type_=sa.String()))
     )
     return sa.select(
         flow.c.id.label("flow_id"), flow.c.labels.label("flow_labels"),
         deployment.c.id.label("deployment_id"), deployment.c.labels.label("deployment_labels"),
+        task_run.c.id.label("parent_task_run_id"),
         requests.c.task_id.label("inbox_task_id"), requests.c.name.label("inbox_name"),
         requests.c.outcome.label("inbox_outcome"),
     ).select_from(joined)

@@ -10,9 +10,16 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from models import orm
 from models.database import dialect_name, held_instance
-from models.errors import ValidationError
+from models.errors import ObjectNotFoundError, ValidationError
 from models.flow_run_graph import read_flow_run_graph, read_task_run_dependencies
-from models.flow_run_inserts import Parents, insert_flow_run, new_run_row, persistent_flow_run, read_parents
+from models.flow_run_inserts import (
+    ParentIds,
+    Parents,
+    insert_flow_run,
+    new_run_row,
+    persistent_flow_run,
+    read_parents,
+)
 from models.flow_run_queries import count_flow_runs, read_flow_runs
 from models.schemas.actions import FlowRunCreate, FlowRunUpdate
 from models.schemas.core import FlowRun
@@ -27,12 +34,15 @@ __all__ = [
     "count_flow_runs",
     "create_flow_run",
     "delete_flow_run",
+    "delete_flow_runs",
     "read_flow_run",
     "read_flow_run_graph",
     "read_flow_runs",
     "read_task_run_dependencies",
     "set_flow_run_state",
     "update_flow_run",
+    "update_flow_run_labels",
+    "with_system_labels_for_flow_run",
 ]
 
 _NOT_INSERTED = {
@@ -50,7 +60,7 @@ def create_flow_run(
 
     Only a run created by this call gets the given state, set with force (no slot is taken).
     """
-    parents = read_parents(session, flow_run.flow_id, flow_run.deployment_id)
+    parents = read_parents(session, ParentIds.of(flow_run))
     queue = None
     if isinstance(flow_run, FlowRunCreate):
         queue = resolve_work_queue(session, flow_run.work_pool_name, flow_run.work_queue_name)
@@ -92,9 +102,13 @@ def new_flow_run_values(
         values[required] = getattr(flow_run, required)
     if queue is not None:
         values["work_queue_id"] = queue.id
-        values["work_queue_name"] = queue.name
+        if flow_run.work_queue_name is not None:  # a pool alone leaves the column empty, as Prefect's API does
+            values["work_queue_name"] = queue.name
     if "empirical_policy" in values:
         values["empirical_policy"] = flow_run.empirical_policy
+    if flow_run.idempotency_key and "job_variables" not in values:
+        # Prefect's keyed create inserts every field as given, so unset job variables are null.
+        values["job_variables"] = None
     if "created_by" in values:
         values["created_by"] = getattr(flow_run, "created_by", None)
     values["labels"] = _labels_with_system_labels(flow_run, parents)
@@ -178,6 +192,33 @@ def delete_flow_run(session: Session, flow_run_id: uuid.UUID) -> bool:
     if instance is not None:
         session.expunge(instance)
     return True
+
+
+def delete_flow_runs(session: Session, flow_run_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Delete each of these runs that exists, as `delete_flow_run` does; the ids deleted."""
+    return [run_id for run_id in dict.fromkeys(flow_run_ids) if delete_flow_run(session, run_id)]
+
+
+def with_system_labels_for_flow_run(session: Session, flow_run: FlowRun | FlowRunCreate) -> dict[str, Any]:
+    """The labels a run created from `flow_run` gets: its deployment's (or flow's), the system
+    labels, then its own."""
+    return _labels_with_system_labels(flow_run, read_parents(session, ParentIds(flow_run.flow_id, flow_run.deployment_id)))
+
+
+def update_flow_run_labels(session: Session, flow_run_id: uuid.UUID, labels: dict[str, Any]) -> bool:
+    """Merge `labels` into the run's (given keys win). `ObjectNotFoundError` for an unknown run."""
+    run = session.execute(
+        sa.select(orm.FlowRun.labels).where(orm.FlowRun.id == flow_run_id).with_for_update()
+    ).first()
+    if run is None:
+        raise ObjectNotFoundError(f"flow_run_id: no flow run with id {flow_run_id}")
+    merged = {**(run.labels or {}), **labels}
+    result = session.execute(
+        sa.update(orm.FlowRun).where(orm.FlowRun.id == flow_run_id).values(labels=merged, updated=now_utc())
+    )
+    if (instance := held_instance(session, orm.FlowRun, flow_run_id)) is not None:
+        session.expire(instance, ["labels", "updated"])
+    return result.rowcount > 0
 
 
 @functools.cache

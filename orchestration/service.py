@@ -39,6 +39,7 @@ from models.concurrency_slots import note_released
 from models.database import explicit_transaction
 from models.errors import ObjectNotFoundError, ValidationError
 from models.flow_run_inserts import (
+    ParentIds,
     new_run_row,
     read_parents_and_inbox,
     unattached_flow_run,
@@ -192,7 +193,7 @@ def create_flow_run(session: Session, flow_run: FlowRunCreate, inbox: Inbox) -> 
     if flow_run.state is None or not creatable_in_two_statements(flow_run):
         raise ValueError("create_flow_run: give the run a state, and no idempotency key or work pool or queue")
     for _ in range(INBOX_ATTEMPTS):
-        parents, recorded = read_parents_and_inbox(session, flow_run.flow_id, flow_run.deployment_id, inbox.task_id)
+        parents, recorded = read_parents_and_inbox(session, ParentIds.of(flow_run), inbox.task_id)
         if recorded is not None:
             return _replay(recorded, inbox)
         assert parents is not None

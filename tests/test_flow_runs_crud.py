@@ -8,7 +8,8 @@ from sqlalchemy.orm import Session
 
 from models import deployments, flow_runs, orm
 from models.errors import ObjectNotFoundError
-from models.schemas import actions, core
+from models.schemas import actions, core, filters
+from models.schemas.responses import FlowRunResponse
 from tests.fixtures import make_flow_run
 
 
@@ -40,6 +41,7 @@ def test_create_flow_run_gets_system_labels_from_deployment(session: Session, fl
     )
     run = make_flow_run(session, flow, deployment_id=deployment.id)
     assert run.labels == {
+        "team": "data",
         "tier": "gold",
         "prefect.flow.id": str(flow.id),
         "prefect.deployment.id": str(deployment.id),
@@ -92,7 +94,31 @@ def test_create_with_pool_name_alone_uses_its_default_queue(
 ) -> None:
     run = flow_runs.create_flow_run(session, actions.FlowRunCreate(flow_id=flow.id, work_pool_name="pool-a"))
     assert run.work_queue_id == work_pool.default_queue_id
-    assert run.work_queue_name == "default"
+    # As Prefect's API stores it: the request named no queue, so the column stays empty (a
+    # queue-name filter sees none); the response names the queue the run is in.
+    assert run.work_queue_name is None
+    response = FlowRunResponse.model_validate(run, from_attributes=True)
+    assert (response.work_queue_name, response.work_pool_name) == ("default", "pool-a")
+    assert response.work_pool_id == work_pool.id
+    assert flow_runs.count_flow_runs(
+        session, work_queue_filter=filters.WorkQueueFilter(name=filters.WorkQueueFilterName(any_=["default"]))
+    ) == 1
+
+
+def test_a_response_validated_from_an_orm_run_names_its_queue_and_pool(
+    session: Session, flow: orm.Flow, work_pool: orm.WorkPool
+) -> None:
+    created = flow_runs.create_flow_run(
+        session, actions.FlowRunCreate(flow_id=flow.id, work_pool_name="pool-a", work_queue_name="default")
+    )
+    session.commit()
+    session.expunge_all()
+    run = flow_runs.read_flow_run(session, created.id)
+
+    response = FlowRunResponse.model_validate(run, from_attributes=True)
+
+    assert (response.work_queue_id, response.work_queue_name) == (work_pool.default_queue_id, "default")
+    assert (response.work_pool_id, response.work_pool_name) == (work_pool.id, "pool-a")
 
 
 def test_create_with_unknown_queue_name_is_not_found(session: Session, flow: orm.Flow, work_pool: orm.WorkPool) -> None:
@@ -157,3 +183,56 @@ def test_delete_flow_run_removes_it(session: Session, flow_run: orm.FlowRun) -> 
     session.commit()
     assert flow_runs.read_flow_run(session, flow_run.id) is None
     assert flow_runs.delete_flow_run(session, flow_run.id) is False
+
+
+def test_delete_flow_runs_deletes_those_that_exist_and_names_them(session: Session, flow: orm.Flow) -> None:
+    kept, first, second = (make_flow_run(session, flow) for _ in range(3))
+    missing = uuid.uuid4()
+
+    deleted = flow_runs.delete_flow_runs(session, [first.id, missing, second.id, first.id])
+    session.commit()
+
+    assert deleted == [first.id, second.id]
+    remaining = session.execute(sa.select(orm.FlowRun.id)).scalars().all()
+    assert remaining == [kept.id]
+    assert flow_runs.delete_flow_runs(session, []) == []
+
+
+def test_update_flow_run_labels_merges_into_the_runs_labels(session: Session, flow: orm.Flow) -> None:
+    run = make_flow_run(session, flow, labels={"env": "prod", "owner": "ana"})
+    session.commit()
+
+    assert flow_runs.update_flow_run_labels(session, run.id, {"env": "dev", "tier": 1}) is True
+    session.commit()
+    session.expunge_all()
+
+    stored = flow_runs.read_flow_run(session, run.id)
+    assert stored is not None
+    assert stored.labels == {"team": "data", "prefect.flow.id": str(flow.id), "env": "dev", "owner": "ana", "tier": 1}
+    with pytest.raises(ObjectNotFoundError, match="flow_run_id"):
+        flow_runs.update_flow_run_labels(session, uuid.uuid4(), {"env": "dev"})
+
+
+def test_with_system_labels_for_flow_run_are_the_labels_a_create_gives(session: Session, flow: orm.Flow) -> None:
+    body = actions.FlowRunCreate(flow_id=flow.id, labels={"env": "prod"})
+
+    labels = flow_runs.with_system_labels_for_flow_run(session, body)
+
+    assert labels == {"team": "data", "prefect.flow.id": str(flow.id), "env": "prod"}
+    assert flow_runs.create_flow_run(session, body).labels == labels
+
+
+def test_a_keyed_create_leaves_unset_job_variables_null_as_prefects_does(session: Session, flow: orm.Flow) -> None:
+    keyed = flow_runs.create_flow_run(session, actions.FlowRunCreate(flow_id=flow.id, idempotency_key="k"))
+    plain = flow_runs.create_flow_run(session, actions.FlowRunCreate(flow_id=flow.id))
+    session.commit()
+    session.expunge_all()
+
+    assert flow_runs.read_flow_run(session, keyed.id).job_variables is None  # type: ignore[union-attr]
+    assert flow_runs.read_flow_run(session, plain.id).job_variables == {}  # type: ignore[union-attr]
+
+
+def test_schemas_default_to_empty_labels() -> None:
+    flow_id = uuid.uuid4()
+    assert core.FlowRun(flow_id=flow_id).labels == {}
+    assert FlowRunResponse(flow_id=flow_id, labels=None).labels == {}

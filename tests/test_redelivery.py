@@ -167,7 +167,7 @@ def test_a_create_copy_that_read_before_the_winner_recorded_returns_the_winners_
         parents, recorded = real_read(session, *args)
         reads.append(recorded is not None)
         if len(reads) == 1:  # as a copy that read before the winner wrote would see it
-            return read_parents(session, args[0], args[1]), None
+            return read_parents(session, args[0]), None
         return parents, recorded
 
     monkeypatch.setattr(service, "read_parents_and_inbox", read)

@@ -29,7 +29,7 @@ class Flow(ORMModel):
     id: UUID | None = None
     name: str
     tags: list[str] = Field(default_factory=list)
-    labels: KeyValueLabels | None = None
+    labels: KeyValueLabels | None = Field(default_factory=dict)
 
 
 class FlowRunPolicy(FlowrunsModel):
@@ -149,7 +149,7 @@ class FlowRun(RunTimes, ORMModel, TimeSeriesModel):
     context: dict[str, Any] = Field(default_factory=dict)
     empirical_policy: FlowRunPolicy = Field(default_factory=FlowRunPolicy)
     tags: list[str] = Field(default_factory=list)
-    labels: KeyValueLabels | None = None
+    labels: KeyValueLabels | None = Field(default_factory=dict)
     parent_task_run_id: UUID | None = None
     auto_scheduled: bool = False
     infrastructure_document_id: UUID | None = None
@@ -181,7 +181,7 @@ class TaskRun(RunTimes, ORMModel, TimeSeriesModel):
     task_version: str | None = None
     empirical_policy: TaskRunPolicy = Field(default_factory=TaskRunPolicy)
     tags: list[str] = Field(default_factory=list)
-    labels: KeyValueLabels | None = None
+    labels: KeyValueLabels | None = Field(default_factory=dict)
     state_id: UUID | None = None
     task_inputs: TaskInputs = Field(default_factory=dict)
     flow_run_run_count: int = 0
@@ -219,7 +219,7 @@ class Deployment(ORMModel):
     job_variables: dict[str, Any] = Field(default_factory=dict)
     parameters: dict[str, Any] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
-    labels: KeyValueLabels | None = None
+    labels: KeyValueLabels | None = Field(default_factory=dict)
     work_queue_name: str | None = None
     work_queue_id: UUID | None = None
     work_pool_name: str | None = None

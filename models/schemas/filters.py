@@ -830,10 +830,8 @@ class WorkQueueFilterName(FilterBaseModel):
     def _criteria(self) -> Iterator[Criterion]:
         if self.any_ is not None:
             yield orm.WorkQueue.name.in_(self.any_)
-        if self.startswith_ is not None:
-            # No prefix given: nothing matches, like an empty `any_`.
-            prefixes = [orm.WorkQueue.name.ilike(f"{prefix}%") for prefix in self.startswith_]
-            yield sa.or_(sa.false(), *prefixes)
+        if self.startswith_:  # an empty list selects nothing out, as in Prefect (its empty OR drops away)
+            yield sa.or_(*(orm.WorkQueue.name.ilike(f"{prefix}%") for prefix in self.startswith_))
 
 
 class WorkQueueFilter(OperatorFilterBaseModel):

@@ -2,10 +2,10 @@
 
 import datetime
 import enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Self, Union
 from uuid import UUID
 
-from pydantic import Field, GetCoreSchemaHandler
+from pydantic import Field, GetCoreSchemaHandler, field_validator
 from pydantic_core import core_schema
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.exc import NO_STATE
@@ -58,19 +58,36 @@ class FlowRunResponse(FlowRun):
     work_pool_id: UUID | None = None
     work_pool_name: str | None = None
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _no_labels_as_empty(cls, labels: Any) -> Any:
+        """A response always carries labels: none read as `{}`, as Prefect's response does."""
+        return {} if labels is None else labels
+
+    @classmethod
+    def model_validate(cls, obj: Any, **options: Any) -> Self:
+        """As pydantic's; validated from an ORM run's attributes, the queue's name and pool come
+        from its queue row, as Prefect's response does."""
+        response = super().model_validate(obj, **options)
+        if options.get("from_attributes") and not isinstance(obj, dict):
+            response._take_work_queue_of(obj)
+        return response
+
     @classmethod
     def from_orm_run(cls, run: Any) -> "FlowRunResponse":
         """The REST shape of an ORM run: its queue's name and pool come from the loaded queue row."""
         values = _run_values(run)
         if values is None:
-            response = cls.model_validate(run, from_attributes=True)
-        else:
-            response = cls.from_run_values(values)
+            return cls.model_validate(run, from_attributes=True)
+        response = cls.from_run_values(values)
+        response._take_work_queue_of(run)
+        return response
+
+    def _take_work_queue_of(self, run: Any) -> None:
         queue = getattr(run, "work_queue", None)
         if queue is not None:
             pool_name = queue.work_pool.name if queue.work_pool is not None else None
-            response.set_work_queue(queue.name, queue.work_pool_id, pool_name)
-        return response
+            self.set_work_queue(queue.name, queue.work_pool_id, pool_name)
 
     @classmethod
     def from_run_values(cls, values: dict[str, Any]) -> "FlowRunResponse":
@@ -152,6 +169,7 @@ def _as_validation_keeps_them(values: dict[str, Any]) -> bool:
             return False
     return (
         bool(values["name"])
+        and values["labels"] is not None
         and isinstance(values["empirical_policy"], FlowRunPolicy)
         and (values["created_by"] is None or isinstance(values["created_by"], CreatedBy))
     )
