@@ -181,3 +181,21 @@ def test_run_after_an_upsert_carries_the_new_deployment_labels(flow_id: str) -> 
     assert run["labels"] == {
         "team": "data", "env": "y", "prefect.flow.id": flow_id, "prefect.deployment.id": deployment["id"],
     }
+
+
+def test_a_deployment_result_has_prefects_response_fields(flow_id: str) -> None:
+    """Every field of Prefect 3.9.1's DeploymentResponse, those flowruns does not keep (schedules,
+    polling) with the values of a deployment nobody polls; the limit as Prefect's limit response."""
+    result = create(flow_id, concurrency_limit=2)
+
+    assert {
+        "name", "version", "description", "flow_id", "paused", "schedules", "concurrency_limit",
+        "global_concurrency_limit", "concurrency_options", "job_variables", "parameters", "tags", "labels",
+        "work_queue_name", "work_queue_id", "last_polled", "parameter_openapi_schema", "path", "pull_steps",
+        "entrypoint", "storage_document_id", "infrastructure_document_id", "created_by", "updated_by",
+        "work_pool_name", "status", "enforce_parameter_schema", "id", "created", "updated",
+    } <= result.keys()
+    assert (result["schedules"], result["last_polled"], result["status"]) == ([], None, "NOT_READY")
+    limit = result["global_concurrency_limit"]
+    assert {"id", "created", "updated", "active", "name", "limit", "active_slots", "slot_decay_per_second"} <= limit.keys()
+    assert limit["created"] is not None and (limit["limit"], limit["active_slots"]) == (2, 0)

@@ -198,6 +198,8 @@ class GlobalConcurrencyLimit(FlowrunsModel):
 
     model_config = {"from_attributes": True, "extra": "ignore"}
     id: UUID
+    created: DateTime | None = None
+    updated: DateTime | None = None
     name: str
     limit: int
     active: bool = True
@@ -227,6 +229,16 @@ class Deployment(ORMModel):
     entrypoint: str | None = None
     enforce_parameter_schema: bool = True
     created_by: CreatedBy | None = None
+    # Prefect's response fields for what flowruns does not keep (schedules, workers polling,
+    # storage and pull steps): present, with the values a deployment nobody polls has there.
+    schedules: list[dict[str, Any]] = Field(default_factory=list)
+    last_polled: DateTime | None = None
+    status: Literal["READY", "NOT_READY"] = "NOT_READY"
+    parameter_openapi_schema: dict[str, Any] | None = None
+    pull_steps: list[dict[str, Any]] | None = None
+    storage_document_id: UUID | None = None
+    infrastructure_document_id: UUID | None = None
+    updated_by: CreatedBy | None = None
 
 
 class ConcurrencyLimitV2(ORMModel):
