@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     late_runs_interval_seconds: float = Field(default=5.0, gt=0)
     reconcile_slots_interval_seconds: float = Field(default=30.0, gt=0)
     prune_requests_interval_seconds: float = Field(default=3600.0, gt=0)
+    expired_pauses_interval_seconds: float = Field(default=5.0, gt=0)
+    cancellation_cleanup_interval_seconds: float = Field(default=20.0, gt=0)
+    cancelling_timeout_seconds: float = Field(default=300.0, gt=0)
+    """How long a run may stay CANCELLING before beat marks it Cancelled (Prefect's default)."""
     processed_request_retention_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
     task_max_retries: int = Field(default=8, ge=0)
     task_retry_backoff_max_seconds: int = Field(default=60, ge=1)

@@ -1,4 +1,4 @@
-"""The beat schedule: the three maintenance tasks at the intervals the settings name.
+"""The beat schedule: the maintenance tasks at the intervals the settings name.
 
 Each entry expires before its next firing, so a backlog built up while no worker ran is
 dropped instead of executed in a burst. Run exactly one beat.
@@ -24,5 +24,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "mark-late-runs": _entry("maintenance.mark_late_runs", settings.late_runs_interval_seconds),
         "prune-processed-requests": _entry(
             "maintenance.prune_processed_requests", settings.prune_requests_interval_seconds
+        ),
+        "fail-expired-pauses": _entry("maintenance.fail_expired_pauses", settings.expired_pauses_interval_seconds),
+        "clean-up-cancelled-runs": _entry(
+            "maintenance.clean_up_cancelled_runs", settings.cancellation_cleanup_interval_seconds
         ),
     }

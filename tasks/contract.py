@@ -43,6 +43,8 @@ MAINTENANCE_RESULTS: dict[str, Any] = {
     "maintenance.reconcile_concurrency_slots": dict[str, int],
     "maintenance.mark_late_runs": int,
     "maintenance.prune_processed_requests": int,
+    "maintenance.fail_expired_pauses": int,
+    "maintenance.clean_up_cancelled_runs": dict[str, int],
 }
 """Beat's tasks take no kwargs; each returns what it changed."""
 

@@ -5,9 +5,12 @@ They are not retried: the next beat firing is the retry, and their messages expi
 
 import datetime
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from models import concurrency_slots, flow_runs, maintenance_runs, requests
+from sqlalchemy.orm import Session
+
+from models import concurrency_slots, flow_runs, maintenance_runs, requests, run_monitors
 from models.database import unit_of_work
 from models.errors import ObjectNotFoundError
 from models.schemas.filters import (
@@ -22,7 +25,7 @@ from models.schemas.sorting import FlowRunSort
 from models.schemas.states import Late, StateType
 from models.settings import get_settings
 from models.types import now_utc
-from orchestration import MarkLateRunsPolicy
+from orchestration import MarkLateRunsPolicy, monitors
 from tasks import monitoring_events
 from tasks.worker_app import app
 
@@ -34,6 +37,12 @@ PRUNE_BATCH = 10_000
 """Inbox rows forgotten per transaction."""
 PRUNE_BATCHES_PER_FIRING = 50
 """At most this many prune transactions per firing."""
+MONITOR_BATCH = 200
+"""At most this many runs per firing for each of the pause and cancellation monitors (as Prefect's)."""
+TASK_RUNS_PER_CANCELLED_RUN = 100
+"""At most this many task runs of one cancelled run are cancelled per firing (as Prefect's)."""
+CANCELLED_RUNS_LOOKBACK = datetime.timedelta(hours=24)
+"""Cancelled runs that ended longer ago than this are no longer checked for unfinished task runs."""
 
 
 def heartbeat(task_name: str, outcome: Any) -> Any:
@@ -112,3 +121,59 @@ def prune_processed_requests() -> int:
     if pruned:
         logger.info("pruned %d processed requests recorded before %s", pruned, older_than.isoformat())
     return heartbeat("maintenance.prune_processed_requests", pruned)
+
+
+@app.task(name="maintenance.fail_expired_pauses")
+def fail_expired_pauses() -> int:
+    """Fail each run still PAUSED past its pause timeout, one transaction per run; returns how many."""
+    now = now_utc()
+    with unit_of_work() as session:
+        expired = run_monitors.runs_paused_past_their_timeout(session, now, MONITOR_BATCH)
+    failed = _each_in_its_own_transaction(expired, lambda session, run_id: monitors.fail_expired_pause(session, run_id, now))
+    if failed:
+        logger.info("failed %d of %d runs paused past their timeout", failed, len(expired))
+    return heartbeat("maintenance.fail_expired_pauses", failed)
+
+
+@app.task(name="maintenance.clean_up_cancelled_runs")
+def clean_up_cancelled_runs() -> dict[str, int]:
+    """What a cancelled run leaves behind, one transaction per run: its unfinished task runs are
+    cancelled, subflows of a cancelled run are cancelled (a deployment's go to Cancelling), and
+    runs CANCELLING for longer than `FLOWRUNS_CANCELLING_TIMEOUT_SECONDS` are marked Cancelled.
+    Returns how many of each."""
+    now = now_utc()
+    timed_out_before = now - datetime.timedelta(seconds=get_settings().cancelling_timeout_seconds)
+    with unit_of_work() as session:
+        cancelled_runs = run_monitors.cancelled_runs_with_unfinished_task_runs(
+            session, now - CANCELLED_RUNS_LOOKBACK, MONITOR_BATCH
+        )
+        task_run_ids = [
+            task_run_id
+            for run_id in cancelled_runs
+            for task_run_id in run_monitors.unfinished_task_runs(session, run_id, TASK_RUNS_PER_CANCELLED_RUN)
+        ]
+        subflows = run_monitors.orphaned_subflows(session, MONITOR_BATCH)
+        cancelling = run_monitors.runs_cancelling_since(session, timed_out_before, MONITOR_BATCH)
+    report = {
+        "task_runs_cancelled": _each_in_its_own_transaction(task_run_ids, monitors.cancel_task_run_of_cancelled_run),
+        "subflows_cancelled": _each_in_its_own_transaction(subflows, monitors.cancel_orphaned_subflow),
+        "cancelling_timed_out": _each_in_its_own_transaction(
+            cancelling, lambda session, run_id: monitors.time_out_cancelling_run(session, run_id, timed_out_before)
+        ),
+    }
+    if any(report.values()):
+        logger.info("cleaned up after cancelled runs: %s", report)
+    return heartbeat("maintenance.clean_up_cancelled_runs", report)
+
+
+def _each_in_its_own_transaction(ids: list[Any], act: Callable[[Session, Any], bool]) -> int:
+    """Apply `act` to each id in a transaction of its own; how many it changed. An id gone since
+    it was selected is skipped."""
+    changed = 0
+    for each in ids:
+        try:
+            with unit_of_work() as session:
+                changed += act(session, each)
+        except ObjectNotFoundError:
+            continue
+    return changed

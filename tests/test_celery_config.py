@@ -45,6 +45,7 @@ CONTRACT_TASKS = {
 }
 MAINTENANCE_TASKS = {
     "maintenance.reconcile_concurrency_slots", "maintenance.mark_late_runs", "maintenance.prune_processed_requests",
+    "maintenance.fail_expired_pauses", "maintenance.clean_up_cancelled_runs",
 }
 
 
