@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     concurrency_slot_wait_seconds: float = Field(default=30.0, ge=0)
     max_cache_key_length: int = Field(default=2000, ge=1)
     max_parameter_size_bytes: int = Field(default=512 * 1024, ge=0)
+    """The size of run and deployment parameters as compact JSON (Prefect's `max_parameter_size`); 0: none."""
     api_default_limit: int = Field(default=200, ge=1)
     graph_max_nodes: int = Field(default=10_000, ge=1)
     graph_max_artifacts: int = Field(default=10_000, ge=1)
@@ -102,12 +103,21 @@ class Settings(BaseSettings):
     lock_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # What one message may hold (checked by the worker's main process before anything else).
-    max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_message_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    """The most bytes of one message's body. Room for the largest parameters Prefect takes (512 KiB
+    as compact JSON, up to 1.5 times that as Celery's JSON encodes them, with a space after each
+    `,` and `:`), as large `job_variables`, and the rest of the body."""
     max_message_depth: int = Field(default=32, ge=4, le=200)
+    """The deepest a body nests (objects and lists, the kwargs object counted), `parameters` included."""
     max_string_length: int = Field(default=100_000, ge=1024)
+    """The longest string (value or key) in a body or its headers, outside `parameters` and `job_variables`."""
     max_list_length: int = Field(default=10_000, ge=100)
+    """The most items of one list in a body, outside `parameters` and `job_variables`."""
     max_object_keys: int = Field(default=10_000, ge=100)
+    """The most keys of one object in a body, outside `parameters` and `job_variables`."""
     max_json_field_bytes: int = Field(default=512 * 1024, ge=1024)
+    """The size, as compact JSON, of each free-form JSON field other than `parameters` (`job_variables`,
+    `context`, state `data`, `labels`, `base_job_template`)."""
     max_worker_losses: int = Field(default=3, ge=1)
 
     # What one read may cost.

@@ -12,6 +12,19 @@ from models.schemas.actions import WorkPoolCreate
 
 DEFAULT_POOL_NAME = "default-agent-pool"
 DEFAULT_QUEUE_NAME = "default"
+RESERVED_NAME_PREFIX = "prefect"
+"""Prefect's API keeps the work pools whose names start with this, in any case, for its own use."""
+
+
+def refuse_reserved_name(name: str) -> None:
+    """Refuse a name a producer may not create a pool under, as Prefect's API does (a 403 there).
+
+    The model function itself takes any name, as Prefect's does; the wire task asks this first."""
+    if name.lower().startswith(RESERVED_NAME_PREFIX):
+        raise ValidationError(
+            f"work_pool.name: {name[:64]!r}: names starting with {RESERVED_NAME_PREFIX!r} (in any case) "
+            "are reserved for Prefect's own work pools"
+        )
 
 
 def create_work_pool(session: Session, work_pool: WorkPoolCreate) -> orm.WorkPool:

@@ -4,10 +4,11 @@ Celery's main process decodes a message and pickles the decoded body to a pool p
 any task code runs; a body too deep to pickle, or one it cannot decode, used to stop the main
 process itself, and with it every task it held. The strategy here runs first for every task of
 the app (Celery's built-in tasks included): it bounds the message's size, the nesting, string,
-list and key counts of its body and headers (`tasks.message_limits`), its shape, and how far
-ahead its ETA is. A message over a limit is acknowledged (never delivered again), its producer
-gets a FAILURE result with a `ValidationError` naming the part and the limit, Flower sees the
-task fail, and nothing is written. Everything else goes on to Celery's own strategy unchanged.
+list and key counts of its body and headers (`tasks.message_limits`; a body's `parameters` and
+`job_variables` by their nesting only), its shape, and how far ahead its ETA is. A message over
+a limit is acknowledged (never delivered again), its producer gets a FAILURE result with a
+`ValidationError` naming the part and the limit, Flower sees the task fail, and nothing is
+written. Everything else goes on to Celery's own strategy unchanged.
 """
 
 import datetime
@@ -27,6 +28,7 @@ from tasks.message_limits import (
     TASK_ID_MAX_LENGTH,
     MessageLimits,
     MessageRefused,
+    check_kwargs,
     check_value,
     heaviest_path,
     size_refusal,
@@ -39,9 +41,10 @@ MessageHandler = Callable[..., Any]
 REFUSED_KWARGS_REPR = "<refused at the door>"
 """What events and logs show instead of a refused message's arguments."""
 
-OVERSIZE_DECODED_UP_TO = 32
+OVERSIZE_DECODED_UP_TO = 16
 """A message over the byte limit by up to this factor is still decoded, to name the field that
-makes it too big; a bigger one is refused as a whole."""
+makes it too big; a bigger one is refused as a whole (with the default 2 MiB limit, the main
+process decodes at most 32 MiB)."""
 
 
 def guarded_strategy(task: Any, app: Any, consumer: Any, **options: Any) -> MessageHandler:
@@ -91,7 +94,8 @@ def admit(limits: MessageLimits, max_eta_ahead: datetime.timedelta, message: Any
             raise MessageRefused("body", "not a Celery task message")
         _check_task_id(body.get("id"), "body.id")
         check_value(limits, headers, "headers")
-        check_value(limits, body, "body")
+        check_value(limits, {key: value for key, value in body.items() if key != "kwargs"}, "body")
+        check_kwargs(limits, body.get("kwargs"), "body.kwargs", depth=2)
         eta = body.get("eta")
     _check_eta(max_eta_ahead, eta)
 
@@ -123,7 +127,7 @@ def _check_protocol_2(limits: MessageLimits, body: Any) -> None:
     if embed is not None and not isinstance(embed, dict):
         raise MessageRefused("embed", "must be an object")
     check_value(limits, args, "args")
-    check_value(limits, kwargs, "")
+    check_kwargs(limits, kwargs, "")
     check_value(limits, embed, "embed")
 
 

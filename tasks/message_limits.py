@@ -2,9 +2,19 @@
 
 A message's decoded body is pickled by the worker's main process on its way to a pool process, so
 a body nested a few hundred levels deep stops the main process itself (pickle recursion), and a
-huge one costs every process that touches it. `check_message` walks a decoded body once and
-refuses the first part over a limit, naming where it is (`flow_run.parameters.x.0: ...`).
+huge one costs every process that touches it. `check_value` and `check_kwargs` walk a decoded
+body once and refuse the first part over a limit, naming where it is (`flow_run.labels.k: ...`).
 The walk recurses at most `max_depth` levels, so it cannot itself run out of stack.
+
+What a message costs the worker is bounded by its byte size (`max_bytes`) and its depth: decoding,
+pickling and validating it is work linear in its bytes once it cannot nest deeper than the limit.
+A body's free-form fields (`FREE_FORM_FIELDS`: a run's or deployment's `parameters` and
+`job_variables`) are the user's own JSON, stored as it is: Prefect bounds parameters only by their
+size (512 KiB as compact JSON, checked by validation), so here they meet only the message's size
+and the depth, and any parameters Prefect takes that nest no deeper than the limit are taken.
+Everything else in a message (headers, filters, `context`, state `data`, templates, ...) meets the
+string, list and key counts too, before any validation work; validation then bounds names, tags,
+labels and filter lists far lower still.
 """
 
 from collections import deque
@@ -19,6 +29,11 @@ prefixed id, short enough for a btree entry."""
 
 PATH_PARTS_SHOWN = 8
 """A refusal names at most this many levels of the offending path (deep paths are elided)."""
+
+FREE_FORM_FIELDS = frozenset({"parameters", "job_variables"})
+"""Fields of a request body (a kwarg's object: `flow_run.parameters`, `deployment.job_variables`)
+that hold the user's own JSON: bounded by their depth here and by their size in validation, not by
+the string, list and key counts."""
 
 
 @dataclass(frozen=True)
@@ -108,42 +123,60 @@ def check_value(limits: MessageLimits, value: Any, root: str) -> None:
 
     Depth counts containers: `{"a": [1]}` is two levels deep.
     """
+    _check(limits, value, root, 1, free_form_at=None)
+
+
+def check_kwargs(limits: MessageLimits, kwargs: Any, root: str, depth: int = 1) -> None:
+    """`check_value` for a task's keyword arguments (`depth`: how deep the kwargs object sits in
+    the message): the `FREE_FORM_FIELDS` of each body (`flow_run.parameters`) are bounded by depth only."""
+    _check(limits, kwargs, root, depth, free_form_at=depth + 1)
+
+
+def _check(limits: MessageLimits, value: Any, root: str, depth: int, free_form_at: int | None) -> None:
     try:
-        _walk(limits, value, 1)
+        _walk(limits, value, depth, free_form_at, counted=True)
     except _OverLimit as over:
         raise MessageRefused(_render_path(root, over.path), over.reason) from None
 
 
-def _walk(limits: MessageLimits, value: Any, depth: int) -> None:
+def _walk(limits: MessageLimits, value: Any, depth: int, free_form_at: int | None, counted: bool) -> None:
+    """Check `value`, `depth` levels down; `counted` is False inside a free-form field (depth only),
+    whose keys are those of an object at depth `free_form_at`."""
     if isinstance(value, str):
-        _check_string(limits, value)
+        if counted:
+            _check_string(limits, value)
         return
     if isinstance(value, dict):
-        _check_container(limits, depth, len(value), limits.max_object_keys, "keys", "FLOWRUNS_MAX_OBJECT_KEYS")
+        _check_container(limits, depth, len(value), limits.max_object_keys, "keys", "FLOWRUNS_MAX_OBJECT_KEYS",
+                         counted)
         for key, item in value.items():
             try:
-                if isinstance(key, str):
+                if counted and isinstance(key, str):
                     _check_string(limits, key)
-                if isinstance(item, (str, dict, list)):
-                    _walk(limits, item, depth + 1)
+                if isinstance(item, (dict, list)) or (counted and isinstance(item, str)):
+                    inner_counted = counted and not (depth == free_form_at and key in FREE_FORM_FIELDS)
+                    _walk(limits, item, depth + 1, free_form_at, inner_counted)
             except _OverLimit as over:
                 over.path.appendleft(str(key))
                 raise
     elif isinstance(value, list):
-        _check_container(limits, depth, len(value), limits.max_list_length, "items", "FLOWRUNS_MAX_LIST_LENGTH")
+        _check_container(limits, depth, len(value), limits.max_list_length, "items", "FLOWRUNS_MAX_LIST_LENGTH",
+                         counted)
         for index, item in enumerate(value):
-            if isinstance(item, (str, dict, list)):
+            if isinstance(item, (dict, list)) or (counted and isinstance(item, str)):
                 try:
-                    _walk(limits, item, depth + 1)
+                    _walk(limits, item, depth + 1, free_form_at, counted)
                 except _OverLimit as over:
                     over.path.appendleft(str(index))
                     raise
 
 
-def _check_container(limits: MessageLimits, depth: int, size: int, maximum: int, unit: str, setting: str) -> None:
+def _check_container(
+    limits: MessageLimits, depth: int, size: int, maximum: int, unit: str, setting: str, counted: bool
+) -> None:
     if depth > limits.max_depth:
         raise _OverLimit(f"nested more than {limits.max_depth} levels deep (FLOWRUNS_MAX_MESSAGE_DEPTH)")
-    if size > maximum:
+    if counted and size > maximum:
         raise _OverLimit(f"{size} {unit}, over the limit of {maximum} ({setting})")
 
 

@@ -15,5 +15,6 @@ class CreateWorkPool(ActionModel):
 
 @flowruns_task("work_pools.create_work_pool", CreateWorkPool, recorded=True)
 def create_work_pool(session: Session, body: CreateWorkPool, task_id: str) -> WorkPool:
-    """Create the pool and its default queue; a taken name is a ValidationError."""
+    """Create the pool and its default queue; a taken or reserved (`prefect...`) name is a ValidationError."""
+    work_pools.refuse_reserved_name(body.work_pool.name)
     return WorkPool.model_validate(work_pools.create_work_pool(session, body.work_pool))

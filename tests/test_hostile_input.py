@@ -8,6 +8,7 @@ same worker process answers an ordinary request afterwards; a message that kills
 every time is parked after `FLOWRUNS_MAX_WORKER_LOSSES` deliveries.
 """
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -90,10 +91,11 @@ OVER_THE_BOUNDS: list[Case] = [
     (flow_runs.read_flow_runs, lambda w: {"offset": 10**18},
      "offset: Value error, must be at most 100000 (FLOWRUNS_MAX_READ_OFFSET)"),
     (flow_runs.create_flow_run, lambda w: {"flow_run": {"flow_id": w["flow_id"], "context": {"blob": "c" * 600_000}}},
-     "flow_run.context: Value error, 600012 bytes as JSON, over the limit of 524288 bytes (FLOWRUNS_MAX_JSON_FIELD_BYTES)"),
+     "flow_run.context: Value error, 600011 bytes as compact JSON, over the limit of 524288 bytes "
+     "(FLOWRUNS_MAX_JSON_FIELD_BYTES)"),
     (flow_runs.set_flow_run_state,
      lambda w: {"flow_run_id": w["run_id"], "state": {"type": "COMPLETED", "data": ["d" * 600_000]}},
-     "state.data: Value error, 600004 bytes as JSON"),
+     "state.data: Value error, 600004 bytes as compact JSON"),
 ]
 
 
@@ -175,6 +177,42 @@ def test_generated_deep_and_wide_bodies_never_take_the_worker_down(
     meta = answered_promptly(worker, worker.send_raw(body.name, body.kwargs_json(ordinary_world)))
     assert meta["status"] == "FAILURE" and meta["result"]["exc_type"] == "ValidationError", meta["result"]
     assert meta["retries"] == 0
+    assert row_counts() == before
+    still_serves(worker, main_pid)
+
+
+def compact_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+def largest_parameters() -> dict[str, Any]:
+    """524,288 bytes as compact JSON, mostly zeros: the shape Celery's JSON makes largest (1.5 times)."""
+    parameters: dict[str, Any] = {"x": [0] * 262_000, "pad": ""}
+    parameters["pad"] = "p" * (524_288 - compact_size(parameters))
+    return parameters
+
+
+@pytest.mark.integration
+def test_any_parameters_prefect_takes_are_taken_and_the_worker_stays_up(
+    worker: Worker, ordinary_world: dict[str, str]
+) -> None:
+    """Parameters are the user's own JSON: however long, wide or many-keyed, up to Prefect's 512 KiB
+    as compact JSON they are stored; one byte more is a ValidationError naming the field."""
+    main_pid = worker.process.pid
+    taken = [{"x": "a" * 200_000}, {"x": list(range(20_000))}, {f"k{i:05d}": "v" * 30 for i in range(12_000)},
+             largest_parameters()]
+    for parameters in taken:
+        run = worker.call("flow_runs.create_flow_run", flow_run={"flow_id": ordinary_world["flow_id"],
+                                                                 "parameters": parameters, "job_variables": parameters})
+        stored = worker.call("flow_runs.read_flow_run", flow_run_id=run["id"])
+        assert stored["parameters"] == parameters and stored["job_variables"] == parameters
+    before = row_counts()
+    over = {"x": "a" * (524_289 - compact_size({"x": ""}))}
+    meta = answered_promptly(worker, worker.send("flow_runs.create_flow_run", kwargs={
+        "flow_run": {"flow_id": ordinary_world["flow_id"], "parameters": over}}))
+    assert meta["status"] == "FAILURE" and meta["result"]["exc_type"] == "ValidationError"
+    assert meta["result"]["exc_message"][0].startswith(
+        "flow_run.parameters: Value error, 524289 bytes as compact JSON, over the limit of 524288 bytes")
     assert row_counts() == before
     still_serves(worker, main_pid)
 

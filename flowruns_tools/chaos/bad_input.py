@@ -20,6 +20,8 @@ SORTS = frozenset({"ID_DESC", "START_TIME_ASC", "START_TIME_DESC", "EXPECTED_STA
                    "END_TIME_DESC"})
 STATE_TYPES = frozenset({"SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "CRASHED", "PAUSED",
                          "CANCELLING"})
+NAME_FORBIDDEN_CHARACTERS = "/%&><"
+"""Characters a flow, deployment, work pool or work queue name may not hold (as Prefect refuses them)."""
 VALIDATION_ERRORS = frozenset({"ValidationError", "InvalidRequestError"})
 NOT_FOUND = frozenset({"ObjectNotFoundError"})
 BAD_INPUT_WINDOW = 50
@@ -76,12 +78,12 @@ TEMPLATES = [
     Template("flow_run_states.read_flow_run_states", lambda w: {"flow_run_id": w["run_id"]},
              {("flow_run_id",): "uuid"}, required=(("flow_run_id",),)),
     Template("flows.create_flow", lambda w: {"flow": {"name": "chaos-bad", "tags": ["t"]}},
-             {("flow",): "object", ("flow", "name"): "nonempty_text", ("flow", "tags"): "text_list"},
+             {("flow",): "object", ("flow", "name"): "name", ("flow", "tags"): "text_list"},
              required=(("flow",), ("flow", "name")), closed=((), ("flow",))),
     Template("deployments.create_deployment",
              lambda w: {"deployment": {"name": "bad", "flow_id": w["flow_id"], "concurrency_limit": 2,
                                        "concurrency_options": {"collision_strategy": "ENQUEUE"}}},
-             {("deployment",): "object", ("deployment", "name"): "nonempty_text", ("deployment", "flow_id"): "uuid",
+             {("deployment",): "object", ("deployment", "name"): "name", ("deployment", "flow_id"): "uuid",
               ("deployment", "concurrency_limit"): "positive_int",
               ("deployment", "concurrency_options", "collision_strategy"): "strategy"},
              required=(("deployment",), ("deployment", "name"), ("deployment", "flow_id")),
@@ -100,11 +102,11 @@ TEMPLATES = [
              required=(("task_run_id",), ("state",), ("state", "type")), closed=((), ("state",))),
     Template("work_queues.create_work_queue",
              lambda w: {"work_queue": {"name": "q-bad", "work_pool_name": w["pool_name"], "priority": 1}},
-             {("work_queue",): "object", ("work_queue", "name"): "nonempty_text",
+             {("work_queue",): "object", ("work_queue", "name"): "name",
               ("work_queue", "priority"): "positive_int"},
              required=(("work_queue",), ("work_queue", "name")), closed=((), ("work_queue",))),
     Template("work_pools.create_work_pool", lambda w: {"work_pool": {"name": "p-bad", "type": "process"}},
-             {("work_pool",): "object", ("work_pool", "name"): "nonempty_text", ("work_pool", "type"): "text"},
+             {("work_pool",): "object", ("work_pool", "name"): "pool_name", ("work_pool", "type"): "text"},
              required=(("work_pool",), ("work_pool", "name")), closed=((), ("work_pool",))),
 ]
 
@@ -129,6 +131,10 @@ def bad_requests(world_ids: dict[str, str]) -> Any:
     from hypothesis import strategies as st
 
     text = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Nd")), min_size=1, max_size=24)
+    name_text = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Nd"),
+                                      blacklist_characters=NAME_FORBIDDEN_CHARACTERS), min_size=1, max_size=24)
+    with_forbidden_character = st.builds(lambda head, character, tail: head + character + tail,
+                                         name_text, st.sampled_from(NAME_FORBIDDEN_CHARACTERS), name_text)
     small = st.one_of(st.integers(-1000, 1000), text, st.booleans())
     truthy_non_text = st.one_of(st.integers(1, 2**31 - 1), st.floats(0.5, 1e6), st.just(True),
                                 st.lists(small, min_size=1, max_size=3),
@@ -138,7 +144,10 @@ def bad_requests(world_ids: dict[str, str]) -> Any:
         "uuid": st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(),
                           st.lists(small, max_size=3), st.dictionaries(text, small, max_size=3), not_uuid),
         "text": truthy_non_text,
-        "nonempty_text": st.one_of(truthy_non_text, st.just("")),
+        "name": st.one_of(truthy_non_text, st.just(""), with_forbidden_character),
+        "pool_name": st.one_of(truthy_non_text, st.just(""), with_forbidden_character,
+                               st.sampled_from(["  ", "''", '" "', "prefect", "Prefect-pool", "PREFECT managed"]),
+                               name_text.map(lambda tail: "prefect" + tail)),
         "bool": st.one_of(st.lists(small, max_size=3), st.dictionaries(text, small, max_size=3),
                           text.filter(lambda s: s.strip().lower() not in BOOL_WORDS),
                           st.integers().filter(lambda n: n not in (0, 1)), st.floats(1.5, 1e6)),
@@ -197,7 +206,7 @@ def bad_requests(world_ids: dict[str, str]) -> Any:
     @st.composite
     def unknown_id(draw: Any) -> BadRequest:
         missing = str(draw(st.uuids()))
-        name = "missing-" + draw(text)
+        name = "missing-" + draw(name_text)
         state_type = draw(st.sampled_from(sorted(STATE_TYPES)))
         cases = [
             ("flow_runs.read_flow_run", {"flow_run_id": missing}, missing),

@@ -1,12 +1,14 @@
 """The hostile-input scenario: bodies built to take a worker down, mixed into a normal batch.
 
-The catalogue holds the hand-picked bodies (each hostile body the issue reported, with the start
-of the refusal it must get) and a hypothesis strategy of generated ones (deep, wide or long values
-in the free-form fields and filter lists, each over one of the door's limits). The scenario drives
-the ordinary lifecycle batch while it sends them; afterwards every ordinary request must have taken
-effect exactly once (the usual checks: a hostile create or transition that slipped through would
-show as a run or state no request accounts for), every hostile one must have failed at once as a
-`ValidationError` without a retry, and the worker must still be the processes it started as.
+The catalogue holds the hand-picked bodies (each hostile body the issue reported, with the start of
+the refusal it must get) and a hypothesis strategy of generated ones (deep, wide or long values in
+the free-form fields and filter lists, each over one of the door's limits; in `parameters`, which
+the door bounds by depth only, wide and long values are over the parameter size bound instead). The
+scenario drives the ordinary lifecycle batch while it sends them; afterwards every ordinary request
+must have taken effect exactly once (the usual checks: a hostile create or transition that slipped
+through would show as a run or state no request accounts for), every hostile one must have failed
+at once as a `ValidationError` without a retry, and the worker must still be the processes it
+started as.
 """
 
 import json
@@ -59,7 +61,7 @@ HAND_PICKED: list[HostileBody] = [
                 "flow_run.labels.k.k.k.k.k.k... (24 levels more): nested more than 32 levels deep"),
     HostileBody("a name of 2 MB", "flow_runs.create_flow_run",
                 lambda w: json.dumps({"flow_run": {"flow_id": w["flow_id"], "name": "x" * 2_000_000}}),
-                "flow_run.name: the message is 2000"),
+                "flow_run.name: a string of 2000000 characters, over the limit of 100000 (FLOWRUNS_MAX_STRING_LENGTH)"),
     HostileBody("a name of 20 MB", "flow_runs.create_flow_run",
                 lambda w: json.dumps({"flow_run": {"flow_id": w["flow_id"], "name": "x" * 20_000_000}}),
                 "flow_run.name: the message is 2000"),
@@ -76,7 +78,13 @@ HAND_PICKED: list[HostileBody] = [
                 "state.name: a string of 1000000 characters, over the limit of 100000 (FLOWRUNS_MAX_STRING_LENGTH)"),
     HostileBody("100,000 labels", "flow_runs.create_flow_run",
                 lambda w: json.dumps({"flow_run": {"flow_id": w["flow_id"], "labels": {f"k{i}": i for i in range(100_000)}}}),
-                "flow_run.labels: the message is"),
+                "flow_run.labels: 100000 keys, over the limit of 10000 (FLOWRUNS_MAX_OBJECT_KEYS)"),
+    HostileBody("parameters of 600 KB", "flow_runs.create_flow_run",
+                lambda w: json.dumps({"flow_run": {"flow_id": w["flow_id"], "parameters": {"x": "p" * 600_000}}}),
+                "flow_run.parameters: Value error, 600008 bytes as compact JSON, over the limit of 524288 bytes"),
+    HostileBody("parameters of 3 MB", "flow_runs.create_flow_run",
+                lambda w: json.dumps({"flow_run": {"flow_id": w["flow_id"], "parameters": {"x": "p" * 3_000_000}}}),
+                "flow_run.parameters.x: the message is 3000"),
     HostileBody("a body that is not JSON", "flow_runs.count_flow_runs", lambda w: '{"flow_run_filter": ',
                 "body: cannot be decoded as JSON"),
     HostileBody("a body of the wrong shape", "flow_runs.count_flow_runs", lambda w: '"kwargs"',
@@ -111,6 +119,13 @@ def hostile_value(shape: str, size: int) -> str:
     return json.dumps("s" * size)
 
 
+PARAMETER_SIZES = {"wide list": (262_200, 400_000), "wide object": (50_000, 80_000), "long string": (524_300, 900_000)}
+"""Sizes of wide and long values in `parameters` whose compact JSON is over 524,288 bytes (refused by
+validation), while the message stays under the door's 2 MiB (`FLOWRUNS_MAX_MESSAGE_BYTES`)."""
+DOOR_SIZES = {"wide list": (10_001, 60_000), "wide object": (10_001, 60_000), "long string": (100_001, 900_000)}
+"""Sizes of wide and long values over the door's list, key and string limits (elsewhere)."""
+
+
 def generated_bodies() -> Any:
     """A hypothesis strategy of hostile bodies: a deep, wide or long value in a free-form field or list."""
     from hypothesis import strategies as st
@@ -121,15 +136,15 @@ def generated_bodies() -> Any:
         value = hostile_value(shape, size)
         return HostileBody(f"{shape} ({size}) in {field}", name, lambda w: build(w, value), "")
 
-    return st.builds(
-        body,
-        st.sampled_from(sorted(GENERATED_FIELDS)),
-        st.one_of(
+    def shapes(field: str) -> Any:
+        sizes = PARAMETER_SIZES if field == "parameters" else DOOR_SIZES
+        return st.one_of(
             st.tuples(st.sampled_from(["deep lists", "deep objects"]), st.integers(min_value=33, max_value=20_000)),
-            st.tuples(st.sampled_from(["wide list", "wide object"]), st.integers(min_value=10_001, max_value=60_000)),
-            st.tuples(st.just("long string"), st.integers(min_value=100_001, max_value=900_000)),
-        ),
-    )
+            *(st.tuples(st.just(shape), st.integers(*sizes[shape])) for shape in sorted(sizes)),
+        )
+
+    fields = st.sampled_from(sorted(GENERATED_FIELDS))
+    return fields.flatmap(lambda field: shapes(field).map(lambda shape_and_size: body(field, shape_and_size)))
 
 
 GENERATED = {"full": 120, "short": 24}

@@ -1,12 +1,12 @@
 """Request bodies: strict (unknown fields refused), with Prefect's field names."""
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from models.schemas.base import INT32_MAX, ActionModel, DateTime, default_name
-from models.schemas.bounds import JsonField, JsonObject, Labels, ShortText, SizedParameters, Tags
+from models.schemas.bounds import FitsAnIndex, JsonField, JsonObject, Labels, ShortText, SizedParameters, Tags
 from models.schemas.core import (
     ConcurrencyOptions,
     FlowRunPolicy,
@@ -14,6 +14,23 @@ from models.schemas.core import (
     TaskRunPolicy,
 )
 from models.schemas.states import StateDefaults, StateDetails, StateType
+
+NAME_FORBIDDEN_CHARACTERS = "/%&><"
+"""Characters Prefect refuses in the names of flows, deployments, work pools and work queues."""
+NAME_PATTERN = f"^[^{NAME_FORBIDDEN_CHARACTERS}]+$"
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN), FitsAnIndex]
+"""A flow, deployment or work queue name: none of `NAME_FORBIDDEN_CHARACTERS`, index-sized."""
+
+
+def _not_blank(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip("' \""):
+        raise ValueError("a name must hold more than spaces and quotes")
+    return value
+
+
+NonBlankName = Annotated[Name, BeforeValidator(_not_blank)]
+"""A work pool name: a `Name` that is more than spaces and quotes (Prefect's `NonEmptyishName`)."""
 
 
 class StateCreate(StateDefaults, ActionModel):
@@ -25,7 +42,7 @@ class StateCreate(StateDefaults, ActionModel):
 
 
 class FlowCreate(ActionModel):
-    name: ShortText = Field(min_length=1)
+    name: Name = Field(min_length=1)
     tags: Tags = Field(default_factory=list)
     labels: Labels | None = Field(default_factory=dict)
 
@@ -72,7 +89,9 @@ class FlowRunUpdate(ActionModel):
 
 
 class DeploymentCreate(ActionModel):
-    name: ShortText = Field(min_length=1)
+    name: Name = Field(min_length=1)
+    """Prefect's action schema takes any text, but its server builds the deployment as a model
+    whose name refuses the same characters as a flow's: refused here, before anything is written."""
     flow_id: UUID
     paused: bool = False
     concurrency_limit: int | None = Field(default=None, ge=1, le=INT32_MAX)
@@ -82,7 +101,8 @@ class DeploymentCreate(ActionModel):
     parameters: SizedParameters = Field(default_factory=dict)
     tags: Tags = Field(default_factory=list)
     labels: Labels | None = Field(default_factory=dict)
-    work_queue_name: ShortText | None = None
+    work_queue_name: Name | None = None
+    """Created when the pool has no queue of that name, as Prefect does: so a queue's `Name` too."""
     work_pool_name: ShortText | None = None
     infrastructure_document_id: UUID | None = None
     description: str | None = None
@@ -93,7 +113,7 @@ class DeploymentCreate(ActionModel):
 
 
 class WorkPoolCreate(ActionModel):
-    name: ShortText = Field(min_length=1)
+    name: NonBlankName = Field(min_length=1)
     description: str | None = None
     type: ShortText = "prefect-agent"
     base_job_template: JsonObject = Field(default_factory=dict)
@@ -102,7 +122,7 @@ class WorkPoolCreate(ActionModel):
 
 
 class WorkQueueCreate(ActionModel):
-    name: ShortText = Field(min_length=1)
+    name: Name = Field(min_length=1)
     description: str | None = ""
     is_paused: bool = False
     concurrency_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)

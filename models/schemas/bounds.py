@@ -4,8 +4,8 @@ Short texts (names, keys, versions, tags, queue and pool names) go into btree in
 entries PostgreSQL caps at 2,704 bytes; the longest index holds two of them (a task run's
 `flow_run_id, task_key, dynamic_key`), so each is at most 1,024 bytes of UTF-8. Free-form JSON
 fields (`parameters`, `job_variables`, `context`, state data, labels, ...) are bounded by their
-encoded size, filter lists by their length (one request's lists together stay far below the
-65,535 parameters a PostgreSQL statement may carry).
+size as compact JSON (Prefect's measure of parameters), filter lists by their length (one
+request's lists together stay far below the 65,535 parameters a PostgreSQL statement may carry).
 """
 
 import json
@@ -37,7 +37,10 @@ def _fits_an_index(value: str) -> str:
     return value
 
 
-ShortText = Annotated[str, AfterValidator(_fits_an_index)]
+FitsAnIndex = AfterValidator(_fits_an_index)
+"""The byte bound of `ShortText`, for text types that add constraints of their own (names)."""
+
+ShortText = Annotated[str, FitsAnIndex]
 """A name, key, version, tag or other text that an index holds."""
 
 FilterValues = Annotated[list[Item], Field(max_length=FILTER_VALUES_MAX)]
@@ -47,14 +50,19 @@ Tags = Annotated[list[ShortText], Field(max_length=TAGS_MAX)]
 
 
 def json_size(value: Any) -> int:
-    """The size of `value` encoded as JSON, in bytes (non-ASCII characters counted as escapes: an upper bound)."""
-    return len(json.dumps(value, default=str).encode())
+    """The size of `value` as compact JSON (no space after `,` or `:`, non-ASCII characters as
+    `\\u` escapes), in bytes: what Prefect measures parameters by.
+
+    The output is ASCII, so its length in characters is its length in bytes."""
+    return len(json.dumps(value, separators=(",", ":"), default=str))
 
 
 def _fits_a_json_field(value: Any) -> Any:
     limit = get_settings().max_json_field_bytes
     if value is not None and (size := json_size(value)) > limit:
-        raise ValueError(f"{size} bytes as JSON, over the limit of {limit} bytes (FLOWRUNS_MAX_JSON_FIELD_BYTES)")
+        raise ValueError(
+            f"{size} bytes as compact JSON, over the limit of {limit} bytes (FLOWRUNS_MAX_JSON_FIELD_BYTES)"
+        )
     return value
 
 
@@ -66,13 +74,16 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_fits_a_json_field)]
 
 def _fits_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     limit = get_settings().max_parameter_size_bytes
-    if limit and (size := json_size(parameters)) > limit:
-        raise ValueError(f"parameters are {size} bytes, over the limit of {limit} bytes")
+    if limit and parameters and (size := json_size(parameters)) > limit:
+        raise ValueError(
+            f"{size} bytes as compact JSON, over the limit of {limit} bytes (FLOWRUNS_MAX_PARAMETER_SIZE_BYTES)"
+        )
     return parameters
 
 
 SizedParameters = Annotated[dict[str, Any], AfterValidator(_fits_parameters)]
-"""Run and deployment parameters: bounded by `FLOWRUNS_MAX_PARAMETER_SIZE_BYTES`, as Prefect's are."""
+"""Run and deployment parameters, bounded as Prefect's are: at most `FLOWRUNS_MAX_PARAMETER_SIZE_BYTES`
+(524,288) as compact JSON, the limit itself included; empty parameters and a limit of 0 are not measured."""
 
 LabelValue = bool | int | float | str
 Labels = Annotated[dict[ShortText, LabelValue], Field(max_length=LABELS_MAX), AfterValidator(_fits_a_json_field)]
