@@ -81,6 +81,13 @@ def ok(task: Any, task_id: str | None = None, **kwargs: Any) -> Any:
     return result.result
 
 
+def refused(task: Any, **kwargs: Any) -> str:
+    """The message of the `ValidationError` the task failed with; fails the test otherwise."""
+    result = apply(task, **kwargs)
+    assert result.state == "FAILURE" and type(result.result).__name__ == "ValidationError", result.result
+    return str(result.result)
+
+
 def row_counts(url: str | None = None) -> dict[str, int]:
     """Rows per table: proof that a failed request wrote nothing."""
     engine = database.get_engine(url)

@@ -3,6 +3,7 @@
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Before any flowruns module builds its Celery app: in-process task bodies publish follow-ups to an
 # in-memory broker, never to a developer's Redis. Integration tests give their worker explicit URLs.
@@ -41,6 +42,22 @@ def db(database_url: str) -> Iterator[str]:
     """The test database, emptied after the test."""
     yield database_url
     clear_tables(database.get_engine(database_url))
+
+
+@pytest.fixture
+def retries(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every retry a task asks for while the test runs (its `exc`)."""
+    from tasks.base import FlowrunsTask
+
+    asked: list[Any] = []
+    real = FlowrunsTask.retry
+
+    def spy(self: FlowrunsTask, *args: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("exc"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FlowrunsTask, "retry", spy)
+    return asked
 
 
 @pytest.fixture

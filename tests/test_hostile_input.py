@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from flowruns_tools.chaos.hostile_input import HAND_PICKED, HostileBody, generated_bodies
 from models.schemas.bounds import FILTER_VALUES_MAX, SHORT_TEXT_MAX_BYTES
 from tasks import flow_runs, flows, task_runs
-from tasks.base import FlowrunsTask
 from tests.celery_support import (  # noqa: F401
     Worker,
     apply,
@@ -46,14 +45,6 @@ def world() -> dict[str, str]:
     flow = ok(flows.create_flow, flow={"name": "etl"})
     run = ok(flow_runs.create_flow_run, flow_run={"flow_id": flow["id"]})
     return {"flow_id": flow["id"], "run_id": run["id"]}
-
-
-@pytest.fixture
-def retries(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    asked: list[Any] = []
-    real = FlowrunsTask.retry
-    monkeypatch.setattr(FlowrunsTask, "retry", lambda self, *a, **k: asked.append(k) or real(self, *a, **k))
-    return asked
 
 
 def ids(count: int) -> list[str]:

@@ -12,8 +12,7 @@ import pytest
 
 from models.settings import reset_settings
 from tasks import deployments, flow_runs, flows
-from tasks.base import FlowrunsTask
-from tests.celery_support import apply, follow_ups, offline_app, ok, row_counts  # noqa: F401
+from tests.celery_support import apply, follow_ups, offline_app, ok, refused, row_counts  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("db", "follow_ups")
 
@@ -51,20 +50,6 @@ SHAPES: dict[str, Callable[[int], dict[str, Any]]] = {
 @pytest.fixture
 def flow_id() -> str:
     return str(ok(flows.create_flow, flow={"name": "sized"})["id"])
-
-
-@pytest.fixture
-def retries(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    asked: list[Any] = []
-    real = FlowrunsTask.retry
-    monkeypatch.setattr(FlowrunsTask, "retry", lambda self, *a, **k: asked.append(k) or real(self, *a, **k))
-    return asked
-
-
-def refused(task: Any, **kwargs: Any) -> str:
-    result = apply(task, **kwargs)
-    assert result.state == "FAILURE" and type(result.result).__name__ == "ValidationError", result.result
-    return str(result.result)
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))

@@ -15,7 +15,6 @@ import pytest
 from models.settings import reset_settings
 from models.types import now_utc
 from tasks import deployments, flow_run_states, flow_runs, flows, task_runs, work_queues
-from tasks.base import FlowrunsTask
 from tests.celery_support import (  # noqa: F401
     REPOSITORY,
     Worker,
@@ -32,20 +31,6 @@ pytestmark = pytest.mark.usefixtures("db", "follow_ups")
 
 MISSING = "00000000-0000-4000-8000-000000000001"
 """An id that names nothing (the message must name it)."""
-
-
-@pytest.fixture
-def retries(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every retry a task asked for (none is expected here)."""
-    asked: list[Any] = []
-    real = FlowrunsTask.retry
-
-    def spy(self: FlowrunsTask, *args: Any, **kwargs: Any) -> Any:
-        asked.append(kwargs.get("exc"))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(FlowrunsTask, "retry", spy)
-    return asked
 
 
 @pytest.fixture
