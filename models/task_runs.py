@@ -29,14 +29,28 @@ def create_task_run(
 
     Only a run created by this call gets the given state, forced.
     """
-    if task_run.flow_run_id is not None and session.get(orm.FlowRun, task_run.flow_run_id) is None:
-        raise ObjectNotFoundError(f"flow_run_id: no flow run with id {task_run.flow_run_id}")
+    flow_run = None
+    if task_run.flow_run_id is not None:
+        flow_run = session.get(orm.FlowRun, task_run.flow_run_id)
+        if flow_run is None:
+            raise ObjectNotFoundError(f"flow_run_id: no flow run with id {task_run.flow_run_id}")
+    else:
+        # The unique index cannot see NULL flow runs as equal: look the key up, as Prefect does.
+        existing = session.execute(
+            sa.select(orm.TaskRun)
+            .where(orm.TaskRun.flow_run_id.is_(None), orm.TaskRun.task_key == task_run.task_key,
+                   orm.TaskRun.dynamic_key == task_run.dynamic_key)
+            .limit(1)
+        ).scalar_one_or_none()
+        if existing is not None:
+            return existing
     now = now_utc()
     values = task_run.model_dump(exclude_unset=True, exclude=set(_NOT_INSERTED))
-    for field in ("name", "task_key", "dynamic_key", "empirical_policy", "task_inputs", "tags", "labels"):
+    for field in ("name", "task_key", "dynamic_key", "empirical_policy", "task_inputs", "tags"):
         values.setdefault(field, getattr(task_run, field))
     values["empirical_policy"] = task_run.empirical_policy
     values["task_inputs"] = task_run.task_inputs
+    values["labels"] = _labels_with_system_labels(task_run, flow_run)
     values.update(id=values.get("id") or uuid.uuid4(), created=now, updated=now)
     statement = dialect_insert(session, orm.TaskRun).values(**values)
     if task_run.flow_run_id is not None:
@@ -55,6 +69,13 @@ def create_task_run(
     if created_id is not None and task_run.state is not None:
         transition_service().set_new_task_run_state(session, row, task_run.state, orchestration_parameters)
     return row
+
+
+def _labels_with_system_labels(task_run: TaskRunCreate | TaskRun, flow_run: orm.FlowRun | None) -> dict[str, Any]:
+    """The flow run's labels, `prefect.flow-run.id`, then the task run's own; later keys win."""
+    if flow_run is None:
+        return dict(task_run.labels or {})
+    return {**(flow_run.labels or {}), "prefect.flow-run.id": str(flow_run.id), **(task_run.labels or {})}
 
 
 def read_task_run(session: Session, task_run_id: uuid.UUID) -> orm.TaskRun | None:

@@ -7,9 +7,10 @@ state; see `orchestration.rules` for a rule's life cycle and `orchestration.engi
 
 from orchestration.global_policy import GlobalFlowPolicy
 from orchestration.policies import CoreFlowPolicy, MarkLateRunsPolicy, MinimalFlowPolicy
-from orchestration.task_policy import CoreTaskPolicy, GlobalTaskPolicy, MinimalTaskPolicy
+from orchestration.task_policy import BackgroundTaskPolicy, CoreTaskPolicy, GlobalTaskPolicy, MinimalTaskPolicy
 
 __all__ = [
+    "BackgroundTaskPolicy",
     "CoreFlowPolicy",
     "CoreTaskPolicy",
     "GlobalFlowPolicy",

@@ -1,20 +1,22 @@
 """Entering PENDING: the guard against two workers submitting the same run."""
 
+from typing import Any
+
 from models.schemas.states import State, StateType
-from orchestration.context import FlowOrchestrationContext
+from orchestration.context import OrchestrationContext
 from orchestration.rules import OrchestrationRule
 
 
-class PreventPendingTransitions(OrchestrationRule[FlowOrchestrationContext]):
+class PreventPendingTransitions(OrchestrationRule[OrchestrationContext[Any]]):
     """A run already submitted (PENDING, RUNNING, CANCELLING) or cancelled cannot be submitted
-    again; the second worker is aborted. A PENDING run may move to a named PENDING sub-state
+    again; the second worker is aborted (flow runs, and background task runs). A PENDING run may move to a named PENDING sub-state
     (`Submitting`, `InfrastructurePending`), carrying its scheduled time and lease id along."""
 
     FROM_STATES = frozenset({StateType.PENDING, StateType.CANCELLING, StateType.RUNNING, StateType.CANCELLED})
     TO_STATES = frozenset({StateType.PENDING})
 
     def before_transition(
-        self, initial_state: State | None, proposed_state: State | None, context: FlowOrchestrationContext
+        self, initial_state: State | None, proposed_state: State | None, context: OrchestrationContext[Any]
     ) -> None:
         if initial_state is None or proposed_state is None:
             return

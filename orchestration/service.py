@@ -84,7 +84,7 @@ from orchestration.context import (
 from orchestration.engine import Policy, orchestrate
 from orchestration.global_policy import GlobalFlowPolicy
 from orchestration.policies import MinimalFlowPolicy
-from orchestration.task_policy import GlobalTaskPolicy, MinimalTaskPolicy
+from orchestration.task_policy import BackgroundTaskPolicy, GlobalTaskPolicy, MinimalTaskPolicy
 
 INBOX_ATTEMPTS = 3
 """Reads a create makes when its write finds the request's inbox row taken (by a copy of it)."""
@@ -231,9 +231,10 @@ def set_task_run_state(
     inbox: Inbox | None = None,
 ) -> Transition:
     """Propose `state` for the task run under `task_policy` (the minimal task policy when forced or
-    none is given), with the global task transforms. `ObjectNotFoundError` for an unknown run."""
+    none is given; the background task policy for a deferred state, forced or not), with the global
+    task transforms. `ObjectNotFoundError` for an unknown run."""
     proposal = proposed_state_from(state)
-    policy = MinimalTaskPolicy if force or task_policy is None else task_policy
+    policy = _task_policy_for(proposal, MinimalTaskPolicy if force or task_policy is None else task_policy)
 
     def read() -> tuple[TaskRunSnapshot | None, Recorded | None]:
         snapshot, recorded = read_task_run_snapshot(session, task_run_id, inbox.task_id if inbox else None)
@@ -258,7 +259,12 @@ def set_new_task_run_state(
     snapshot.cached_state = _cached_state_for(session, proposal)
     context = TaskOrchestrationContext(run=snapshot, initial_state=None, proposed_state=proposal,
                                        parameters=dict(orchestration_parameters or {}))
-    return decide_and_write(session, context, MinimalTaskPolicy, GlobalTaskPolicy)
+    return decide_and_write(session, context, _task_policy_for(proposal, MinimalTaskPolicy), GlobalTaskPolicy)
+
+
+def _task_policy_for(proposal: State, otherwise: Policy) -> Policy:
+    """A deferred state (a background task's) goes through Prefect's background task policy."""
+    return BackgroundTaskPolicy if proposal.state_details.deferred else otherwise
 
 
 def _cached_state_for(session: Session, proposal: State) -> Any:

@@ -3,12 +3,13 @@ every task-run transition gets."""
 
 from typing import Any
 
-from models.schemas.states import StateType
+from models.schemas.states import State, StateType
 from orchestration.caching import CacheInsertion, CacheRetrieval
 from orchestration.context import TaskOrchestrationContext
 from orchestration.enclosing_flow import PreventRunningTasksFromStoppedFlows, UpdateFlowRunTrackerOnTasks
 from orchestration.global_policy import COMMON_GLOBAL_TRANSFORMS, EnsureStateTimestampIsAfterCurrent
-from orchestration.rules import AnyRule, UniversalTransform
+from orchestration.pending import PreventPendingTransitions
+from orchestration.rules import AnyRule, OrchestrationRule, UniversalTransform
 from orchestration.scheduling import CopyScheduledTime, WaitForScheduledTime
 from orchestration.task_retries import RenameReruns, RetryFailedTasks
 from orchestration.task_terminal import HandleTaskTerminalStateTransitions
@@ -38,6 +39,39 @@ CoreTaskPolicy: tuple[AnyRule, ...] = (
 )
 """What `task_runs.set_task_run_state` applies to a proposed state (`force=False`), in Prefect
 3.9.1's order."""
+
+class CopyTaskParametersID(OrchestrationRule[TaskOrchestrationContext]):
+    """Scheduled -> Pending -> Running: a background task's parameters id goes along, unless the
+    proposal names its own."""
+
+    FROM_STATES = frozenset({StateType.SCHEDULED, StateType.PENDING})
+    TO_STATES = frozenset({StateType.PENDING, StateType.RUNNING})
+
+    def before_transition(
+        self, initial_state: State | None, proposed_state: State | None, context: TaskOrchestrationContext
+    ) -> None:
+        if initial_state is None or proposed_state is None:
+            return
+        if not proposed_state.state_details.task_parameters_id:
+            proposed_state.state_details.task_parameters_id = initial_state.state_details.task_parameters_id
+
+
+BackgroundTaskPolicy: tuple[AnyRule, ...] = (
+    PreventPendingTransitions,
+    CacheRetrieval,
+    HandleTaskTerminalStateTransitions,
+    # Prefect's SecureTaskConcurrencySlots is left out here too: a cached state is retrieved first.
+    CopyScheduledTime,
+    CopyTaskParametersID,
+    WaitForScheduledTime,
+    RetryFailedTasks,
+    RenameReruns,
+    UpdateFlowRunTrackerOnTasks,
+    CacheInsertion,
+    # Prefect's ReleaseTaskConcurrencySlots (no tag limits) and EnqueueScheduledTasks (no task workers).
+)
+"""What a deferred state (a background task's: `state_details.deferred`) is proposed under, forced
+or not, in Prefect 3.9.1's order: the core rules, no second submission, the parameters id kept."""
 
 MinimalTaskPolicy: tuple[AnyRule, ...] = ()
 """Forced task-run transitions, and any caller that passes no policy (Prefect's only releases tag

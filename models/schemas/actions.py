@@ -3,7 +3,7 @@
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from models.schemas.base import INT32_MAX, ActionModel, DateTime, default_name
 from models.schemas.bounds import FitsAnIndex, JsonField, JsonObject, Labels, ShortText, SizedParameters, Tags
@@ -12,6 +12,7 @@ from models.schemas.core import (
     FlowRunPolicy,
     TaskInputs,
     TaskRunPolicy,
+    cache_key_of_allowed_length,
 )
 from models.schemas.states import StateDefaults, StateDetails, StateType
 
@@ -150,8 +151,7 @@ class TaskRunCreate(ActionModel):
     def _default_name(cls, value: Any) -> Any:
         return default_name(value)
 
-    @model_validator(mode="after")
-    def _cache_key_length(self) -> "TaskRunCreate":
-        if self.cache_key is not None and len(self.cache_key) > 2000:
-            raise ValueError("cache_key is longer than 2000 characters")
-        return self
+    @field_validator("cache_key")
+    @classmethod
+    def _cache_key_fits(cls, cache_key: str | None) -> str | None:
+        return cache_key_of_allowed_length(cache_key)

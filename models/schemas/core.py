@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from models.schemas.base import DateTime, FlowrunsModel, ORMModel, TimeSeriesModel, default_name
 from models.schemas.states import State, StateType
+from models.settings import get_settings
 
 KeyValueLabels = dict[str, Union[bool, int, float, str]]
 
@@ -115,9 +116,8 @@ class Constant(RunInput):
     type: str
 
 
-TaskInput = Annotated[
-    Union[TaskRunResult, FlowRunResult, Parameter, Constant], Field(discriminator="input_type")
-]
+TaskInput = Union[TaskRunResult, FlowRunResult, Parameter, Constant]
+"""A plain union, as Prefect's: an input without `input_type` is whichever kind its fields fit."""
 TaskInputs = dict[str, list[TaskInput]]
 
 
@@ -191,6 +191,19 @@ class TaskRun(RunTimes, ORMModel, TimeSeriesModel):
     @classmethod
     def _default_name(cls, value: Any) -> Any:
         return default_name(value)
+
+    @field_validator("cache_key")
+    @classmethod
+    def _cache_key_fits(cls, cache_key: str | None) -> str | None:
+        return cache_key_of_allowed_length(cache_key)
+
+
+def cache_key_of_allowed_length(cache_key: str | None) -> str | None:
+    """Prefect's bound on a task run's cache key: `FLOWRUNS_MAX_CACHE_KEY_LENGTH` characters."""
+    longest = get_settings().max_cache_key_length
+    if cache_key and len(cache_key) > longest:
+        raise ValueError(f"Cache key exceeded maximum allowed length of {longest} characters.")
+    return cache_key
 
 
 class GlobalConcurrencyLimit(FlowrunsModel):
