@@ -54,7 +54,9 @@ def states_of(worker: Worker, run_id: str) -> list[str]:
 
 @pytest.fixture
 def impatient_worker(database_url: str, tmp_path: Path) -> Iterator[Worker]:
-    with running_worker(database_url, tmp_path, lock_timeout_seconds="0.3") as handle:
+    """Gives up on a lock after 0.3 s; its 11 attempts wait on the lock at least 3.3 s in all,
+    whatever their jittered countdowns, so a lock held 2 s cannot outlast them."""
+    with running_worker(database_url, tmp_path, lock_timeout_seconds="0.3", task_max_retries="10") as handle:
         yield handle
 
 

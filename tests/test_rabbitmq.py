@@ -36,7 +36,7 @@ def vhost() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def amqp_worker(vhost: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     with running_worker(database_url, tmp_path_factory.mktemp("amqp"), broker_url=vhost,
-                        lock_timeout_seconds="0.3") as handle:
+                        lock_timeout_seconds="0.3", task_max_retries="10") as handle:  # as test_bounded_work's
         yield handle
 
 
