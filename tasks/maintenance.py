@@ -78,7 +78,7 @@ def mark_late_runs() -> int:
                 limit=LATE_RUNS_BATCH,
             )
         ]
-    marked = sum(_mark_late(run_id, scheduled_time) for run_id, scheduled_time in candidates)
+    marked = _each_in_its_own_transaction(candidates, _mark_late)
     if marked:
         logger.info("marked %d of %d overdue scheduled runs late", marked, len(candidates))
         monitoring_events.emit(monitoring_events.LATE, marked=marked)
@@ -95,14 +95,11 @@ def _scheduled_before(cutoff: datetime.datetime) -> FlowRunFilter:
     )
 
 
-def _mark_late(flow_run_id: Any, scheduled_time: datetime.datetime | None) -> bool:
-    try:
-        with unit_of_work() as session:
-            result = flow_runs.set_flow_run_state(
-                session, flow_run_id, Late(scheduled_time=scheduled_time), flow_policy=MarkLateRunsPolicy
-            )
-    except ObjectNotFoundError:  # deleted since it was selected
-        return False
+def _mark_late(session: Session, candidate: tuple[Any, datetime.datetime | None]) -> bool:
+    flow_run_id, scheduled_time = candidate
+    result = flow_runs.set_flow_run_state(
+        session, flow_run_id, Late(scheduled_time=scheduled_time), flow_policy=MarkLateRunsPolicy
+    )
     return result.status == SetStateStatus.ACCEPT
 
 
