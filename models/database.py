@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import pydantic_core
 import sqlalchemy as sa
+from psycopg import pq
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -133,14 +134,25 @@ def _autocommit_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
 
 
+def commits_each_statement(session: Session) -> bool:
+    """Whether each statement the session runs now commits on its own: a `statement_unit` session
+    outside a transaction `explicit_transaction` opened."""
+    connection = session.connection()
+    driver = connection.connection.driver_connection
+    if connection.dialect.name != "postgresql" or getattr(driver, "autocommit", False) is not True:
+        return False
+    return driver.info.transaction_status == pq.TransactionStatus.IDLE  # type: ignore[union-attr]
+
+
 @contextmanager
 def explicit_transaction(session: Session) -> Iterator[None]:
     """Several statements that must commit together: a transaction of their own when the session's
-    connection commits each statement (`statement_unit`); otherwise they are in the caller's already."""
-    connection = session.connection()
-    if not getattr(connection.connection.driver_connection, "autocommit", False):
+    connection commits each statement (`statement_unit`); otherwise they are in the caller's already
+    (or in an enclosing `explicit_transaction`)."""
+    if not commits_each_statement(session):
         yield
         return
+    connection = session.connection()
     connection.exec_driver_sql("BEGIN")
     try:
         yield

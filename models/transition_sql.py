@@ -235,6 +235,17 @@ def new_task_run_snapshot(row: orm.TaskRun) -> TaskRunSnapshot:
     return TaskRunSnapshot(**values, state=None, flow_run=None, cached_state=None)
 
 
+def lock_run(session: Session, tables: RunTables, run_id: uuid.UUID) -> None:
+    """Take the run's row lock, held until the transaction ends (SQLite's writers already take turns)."""
+    driver_sql.first(session, _lock_run_statement(tables), {"run_id": run_id})
+
+
+@functools.cache
+def _lock_run_statement(tables: RunTables) -> sa.Select[Any]:
+    run = tables.run
+    return sa.select(run.c.id).where(run.c.id == sa.bindparam("run_id", type_=sa.Uuid())).with_for_update()
+
+
 # -- writing ----------------------------------------------------------------------------------
 
 

@@ -8,7 +8,9 @@ runs and task runs alike.
             cache entry and the inbox row together (`models.transition_sql`)
     again   when the run moved on (or the slot or the inbox row was taken) meanwhile: read and
             decide again after a short random pause, at most `MAX_ATTEMPTS` times; every such
-            conflict is counted
+            conflict is counted. After `LOCKED_AFTER` conflicts, each attempt takes the run's row
+            lock first and holds it until its write commits, so a transition cannot keep losing
+            to others changing the same run
 
 Transitions of other runs the rules ask for (a subflow's parent task run mirrors its state; old
 clients' failed task runs are rescheduled) are made in the same transaction, right after the
@@ -36,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from models import orm
 from models.concurrency_slots import note_released
-from models.database import explicit_transaction
+from models.database import commits_each_statement, dialect_name, explicit_transaction
 from models.errors import ObjectNotFoundError, ValidationError
 from models.flow_run_inserts import (
     ParentIds,
@@ -67,6 +69,7 @@ from models.transition_sql import (
     RunTables,
     is_conflict,
     keep_session_instance_in_step,
+    lock_run,
     new_flow_run_snapshot,
     new_task_run_snapshot,
     read_flow_run_snapshot,
@@ -90,6 +93,10 @@ INBOX_ATTEMPTS = 3
 """Reads a create makes when its write finds the request's inbox row taken (by a copy of it)."""
 MAX_ATTEMPTS = 20
 """Reads and decisions one transition may take when others keep changing the run meanwhile."""
+LOCKED_AFTER = 3
+"""Conflicts after which a transition holds the run's row lock from its read to its write, so that
+a run others keep changing cannot make it lose every time (one optimistic writer can lose to the
+others indefinitely; one holding the lock cannot lose to a change of the run)."""
 CONFLICT_PAUSE_CAP_SECONDS = 0.05
 """After a conflict, a transition waits a random moment, up to 1 ms doubled per conflict and at
 most this, before it reads again: writers that keep meeting on one run spread out instead of
@@ -160,7 +167,7 @@ def set_flow_run_state(
             parameters=dict(orchestration_parameters or {}), client_version=client_version,
         )
 
-    return _transition(session, FLOW_RUNS, read, decide, proposal, policy, GlobalFlowPolicy, inbox,
+    return _transition(session, FLOW_RUNS, flow_run_id, read, decide, proposal, policy, GlobalFlowPolicy, inbox,
                        missing=f"flow_run_id: no flow run with id {flow_run_id}")
 
 
@@ -246,7 +253,7 @@ def set_task_run_state(
         return TaskOrchestrationContext(run=snapshot, initial_state=_current(snapshot), proposed_state=proposed,
                                         parameters=dict(orchestration_parameters or {}))
 
-    return _transition(session, TASK_RUNS, read, decide, proposal, policy, GlobalTaskPolicy, inbox,
+    return _transition(session, TASK_RUNS, task_run_id, read, decide, proposal, policy, GlobalTaskPolicy, inbox,
                        missing=f"task_run_id: no task run with id {task_run_id}")
 
 
@@ -282,6 +289,7 @@ def _cached_state_for(session: Session, proposal: State) -> Any:
 def _transition(
     session: Session,
     tables: RunTables,
+    run_id: uuid.UUID,
     read: Callable[[], tuple[Any, Recorded | None]],
     decide: Callable[[Any, State], OrchestrationContext[Any]],
     proposal: State,
@@ -295,16 +303,17 @@ def _transition(
     for attempt in range(MAX_ATTEMPTS):
         if attempt:
             time.sleep(random.uniform(0, min(0.001 * 2**attempt, CONFLICT_PAUSE_CAP_SECONDS)))
-        snapshot, recorded = read()
-        if recorded is not None and inbox is not None:
-            return _replay(recorded, inbox)
-        if snapshot is None:
-            raise ObjectNotFoundError(missing)
-        context = decide(snapshot, deep_copy(proposal))  # each attempt decides on a fresh proposal
-        result, read_values = _decide(context, policy, global_policy)
-        encoded = inbox.encode(result) if inbox is not None else None
-        record = InboxRecord(inbox.task_id, inbox.name, encoded) if inbox is not None else None
-        written = _write(session, tables, context, read_values, record)
+        with _holding_the_run(session, tables, run_id) if attempt >= LOCKED_AFTER else nullcontext():
+            snapshot, recorded = read()
+            if recorded is not None and inbox is not None:
+                return _replay(recorded, inbox)
+            if snapshot is None:
+                raise ObjectNotFoundError(missing)
+            context = decide(snapshot, deep_copy(proposal))  # each attempt decides on a fresh proposal
+            result, read_values = _decide(context, policy, global_policy)
+            encoded = inbox.encode(result) if inbox is not None else None
+            record = InboxRecord(inbox.task_id, inbox.name, encoded) if inbox is not None else None
+            written = _write(session, tables, context, read_values, record)
         if written.applied:
             if written.slots_released:
                 note_released(session, written.slots_released)
@@ -313,6 +322,15 @@ def _transition(
     raise sa_exc.OperationalError(
         "transition", {}, RuntimeError(f"the run kept changing: no write applied in {MAX_ATTEMPTS} attempts")
     )
+
+
+@contextmanager
+def _holding_the_run(session: Session, tables: RunTables, run_id: uuid.UUID) -> Iterator[None]:
+    """The run's row lock from before the read until the write commits: no one else can change the
+    run meanwhile, so only a slot or the inbox row taken can still send the transition round again."""
+    with explicit_transaction(session):
+        lock_run(session, tables, run_id)
+        yield
 
 
 def _replay(recorded: Recorded, inbox: Inbox) -> Transition:
@@ -387,13 +405,12 @@ def _write_guarded(session: Session, tables: RunTables, write: TransitionWrite) 
 @contextmanager
 def _savepoint_if_in_a_transaction(session: Session) -> Iterator[None]:
     """A SAVEPOINT around the write when the session's connection is in a transaction (the caller's,
-    in-process): a raised conflict then undoes only the write. In autocommit mode the failed
-    statement undoes itself."""
-    connection = session.connection()
-    driver = connection.connection.driver_connection
-    if getattr(driver, "autocommit", False) or connection.dialect.name != "postgresql":
+    in-process, or one `explicit_transaction` opened): a raised conflict then undoes only the write.
+    In autocommit mode the failed statement undoes itself."""
+    if commits_each_statement(session) or dialect_name(session) != "postgresql":
         yield
         return
+    connection = session.connection()
     savepoint = connection.begin_nested()
     try:
         yield

@@ -7,6 +7,7 @@ FLOWRUNS_TEST_REQUIRE_RABBITMQ=1 (CI sets it), which makes a missing RabbitMQ a 
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -59,6 +60,16 @@ def list_queues(url: str) -> dict[str, dict[str, Any]]:
     for queue in queues.values():  # rabbitmqctl lists arguments as [name, type, value]
         queue["arguments"] = {name: value for name, _type, value in queue["arguments"]}
     return queues
+
+
+def settled_ready_count(url: str, queue: str, expected: int, timeout: float = 20.0) -> int:
+    """The queue's count of ready messages once it shows `expected`, or the last count seen after
+    `timeout`. A quorum queue's counts are published on a timer (every few seconds), so a message
+    consumed or parked a moment ago can still be listed as ready."""
+    deadline = time.monotonic() + timeout
+    while (ready := list_queues(url)[queue]["messages_ready"]) != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return int(ready)
 
 
 def list_exchanges(url: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from tasks.metrics import _queue_depth, monitored_queues
 from tasks.worker_app import create_app
 from tests.celery_support import Worker, new_id, running_worker
 from tests.crashing_tasks import KILL_OWN_PROCESS
-from tests.rabbitmq import list_exchanges, list_queues, rabbitmq_vhost
+from tests.rabbitmq import list_exchanges, list_queues, rabbitmq_vhost, settled_ready_count
 from tests.test_bounded_work import assert_retried_until_the_lock_goes, states_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres_only, pytest.mark.usefixtures("db")]
@@ -118,7 +118,7 @@ def test_a_message_that_keeps_killing_its_worker_is_dead_lettered_and_the_worker
 
             assert deaths >= 2  # delivered, lost, delivered again, lost again: over the limit of 1
             assert handle.call("flow_runs.count_flow_runs") == 0  # the same deployment still answers
-            assert list_queues(url)[handle.queue]["messages_ready"] == 0
+            assert settled_ready_count(url, handle.queue, expected=0) == 0
             app = create_app(Settings(broker_url=url, task_queue=handle.queue))
             assert dead_letters in monitored_queues(Settings(broker_url=url, task_queue=handle.queue))
             assert _queue_depth(app, dead_letters) == 1  # what `flowruns metrics` reports

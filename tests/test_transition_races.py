@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -15,8 +16,8 @@ from sqlalchemy.orm import Session
 from models import database, orm
 from models.schemas import states
 from models.schemas.responses import SetStateStatus
-from models.schemas.states import State, StateDetails
-from orchestration import CoreFlowPolicy
+from models.schemas.states import State, StateDetails, StateType
+from orchestration import CoreFlowPolicy, service
 from orchestration.service import Inbox, conflicts, set_flow_run_state
 from tests.fixtures import make_deployment, make_flow_run
 
@@ -135,3 +136,46 @@ def test_eight_threads_on_a_limited_deployment_keep_the_slots_exact(db: str, ses
         assert run is not None and run.state is not None and State.model_validate(
             {"type": run.state.type, "name": run.state.name, "state_details": run.state.state_details}
         ).keeps_deployment_slot()
+
+
+@pytest.mark.parametrize("as_worker", [True, False], ids=["worker", "in-process"])
+def test_a_run_changed_under_every_optimistic_attempt_still_gets_its_transition_under_its_lock(
+    db: str, session: Session, flow: orm.Flow, monkeypatch: pytest.MonkeyPatch, as_worker: bool
+) -> None:
+    """Right after each read, another transaction forces the run back into RUNNING (waiting at
+    most 0.2 s for its lock). The first LOCKED_AFTER attempts lose to it; the next holds the run's
+    lock from its read to its commit, so the meddler is the one that waits, and gives up."""
+    run = make_flow_run(session, flow, state=states.Running())
+    session.commit()
+    meddled: list[str] = []
+    real_read = service.read_flow_run_snapshot
+
+    def read_then_meddle(*args: Any, **kwargs: Any) -> Any:
+        seen = real_read(*args, **kwargs)
+        meddling = meddled and meddled[-1] == "meddling"  # the meddler's own transition reads too
+        if not meddling and len(meddled) <= service.LOCKED_AFTER:
+            meddled.append("meddling")
+            try:
+                with database.unit_of_work(db) as other:
+                    other.execute(sa.text("SET LOCAL lock_timeout = '200ms'"))
+                    set_flow_run_state(other, run.id, states.Running(), force=True)
+                meddled[-1] = "changed the run"
+            except sa.exc.OperationalError as error:
+                assert isinstance(error.orig, psycopg.errors.LockNotAvailable)
+                meddled[-1] = "waited for the lock and gave up"
+        return seen
+
+    monkeypatch.setattr(service, "read_flow_run_snapshot", read_then_meddle)
+    before = conflicts.count
+    inbox = Inbox(str(uuid.uuid4()), "flow_runs.set_flow_run_state", lambda result: result.model_dump(mode="json"))
+    with (database.statement_unit(db) if as_worker else database.unit_of_work(db)) as unit:
+        done = set_flow_run_state(unit, run.id, states.Completed(), flow_policy=CoreFlowPolicy,
+                                  inbox=inbox if as_worker else None)
+
+    assert meddled == ["changed the run"] * service.LOCKED_AFTER + ["waited for the lock and gave up"]
+    assert conflicts.count - before == service.LOCKED_AFTER
+    assert done.result is not None and done.result.status == SetStateStatus.ACCEPT
+    rows = history(session, run.id)
+    assert [row.type for row in rows] == ["RUNNING"] * (1 + service.LOCKED_AFTER) + ["COMPLETED"]
+    session.expire_all()
+    assert session.get(orm.FlowRun, run.id).state_type == StateType.COMPLETED  # type: ignore[union-attr]
