@@ -54,29 +54,30 @@ def runs_paused_past_their_timeout(session: Session, now: datetime.datetime, lim
     return found[:limit]
 
 
-def cancelled_runs_with_unfinished_task_runs(
-    session: Session, ended_after: datetime.datetime, limit: int
+def unfinished_task_runs_of_cancelled_runs(
+    session: Session, ended_after: datetime.datetime, runs: int, per_run: int
 ) -> list[uuid.UUID]:
-    """Up to `limit` CANCELLED runs that ended after `ended_after` and still have a task run in a
-    non-terminal state, by id."""
-    runs, task_runs = orm.FlowRun, orm.TaskRun
-    unfinished = sa.exists().where(task_runs.flow_run_id == runs.id, task_runs.state_type.in_(_UNFINISHED))
+    """The task runs still in a non-terminal state of up to `runs` CANCELLED runs that ended after
+    `ended_after` (up to `per_run` of each), in one query, by run then task run id."""
+    flow_runs, task_runs = orm.FlowRun, orm.TaskRun
+    unfinished = task_runs.state_type.in_(_UNFINISHED)
+    cancelled = (
+        sa.select(flow_runs.id)
+        .where(flow_runs.state_type == StateType.CANCELLED, flow_runs.end_time >= ended_after,
+               sa.exists().where(task_runs.flow_run_id == flow_runs.id, unfinished))
+        .order_by(flow_runs.id)
+        .limit(runs)
+        .cte("cancelled")
+    )
+    position = sa.func.row_number().over(partition_by=task_runs.flow_run_id, order_by=task_runs.id)
+    ranked = (
+        sa.select(task_runs.id, task_runs.flow_run_id, position.label("position"))
+        .join(cancelled, cancelled.c.id == task_runs.flow_run_id)
+        .where(unfinished)
+        .subquery("ranked")
+    )
     return list(session.execute(
-        sa.select(runs.id)
-        .where(runs.state_type == StateType.CANCELLED, runs.end_time >= ended_after, unfinished)
-        .order_by(runs.id)
-        .limit(limit)
-    ).scalars())
-
-
-def unfinished_task_runs(session: Session, flow_run_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
-    """Up to `limit` task runs of the flow run in a non-terminal state."""
-    task_runs = orm.TaskRun
-    return list(session.execute(
-        sa.select(task_runs.id)
-        .where(task_runs.flow_run_id == flow_run_id, task_runs.state_type.in_(_UNFINISHED))
-        .order_by(task_runs.id)
-        .limit(limit)
+        sa.select(ranked.c.id).where(ranked.c.position <= per_run).order_by(ranked.c.flow_run_id, ranked.c.id)
     ).scalars())
 
 
@@ -114,23 +115,16 @@ def runs_cancelling_since(session: Session, entered_before: datetime.datetime, l
 
 def lock_flow_run(session: Session, flow_run_id: uuid.UUID) -> sa.Row[tuple[object, ...]] | None:
     """The run's columns a monitor checks (`state_type`, `state_id`, `state_timestamp`,
-    `deployment_id`, `parent_task_run_id`), its row locked until the transaction ends (on
-    PostgreSQL; SQLite has one writer anyway). None if it is gone."""
-    runs = orm.FlowRun
+    `deployment_id`, `parent_task_run_id`) and its state's `state_details`, the run's row locked
+    until the transaction ends (on PostgreSQL; SQLite has one writer anyway). None if it is gone."""
+    runs, states = orm.FlowRun, orm.FlowRunState
     return session.execute(
-        sa.select(runs.state_type, runs.state_id, runs.state_timestamp, runs.deployment_id, runs.parent_task_run_id)
+        sa.select(runs.state_type, runs.state_id, runs.state_timestamp, runs.deployment_id, runs.parent_task_run_id,
+                  states.state_details)
+        .outerjoin(states, states.id == runs.state_id)
         .where(runs.id == flow_run_id)
-        .with_for_update()
+        .with_for_update(of=runs)
     ).first()
-
-
-def state_details_of(session: Session, state_id: uuid.UUID | None) -> object:
-    """The details of a flow-run state, or None."""
-    if state_id is None:
-        return None
-    return session.execute(
-        sa.select(orm.FlowRunState.state_details).where(orm.FlowRunState.id == state_id)
-    ).scalar_one_or_none()
 
 
 def lock_task_run(session: Session, task_run_id: uuid.UUID) -> sa.Row[tuple[object, ...]] | None:
@@ -144,11 +138,10 @@ def containing_run_state_type(session: Session, parent_task_run_id: uuid.UUID) -
     """For a subflow's parent task run: whether it exists with a containing run id, and that
     run's state type (None when the run has no state or is gone)."""
     parent = session.execute(
-        sa.select(orm.TaskRun.flow_run_id).where(orm.TaskRun.id == parent_task_run_id)
+        sa.select(orm.TaskRun.flow_run_id, orm.FlowRun.state_type)
+        .outerjoin(orm.FlowRun, orm.FlowRun.id == orm.TaskRun.flow_run_id)
+        .where(orm.TaskRun.id == parent_task_run_id)
     ).first()
     if parent is None or parent.flow_run_id is None:
         return False, None
-    state_type = session.execute(
-        sa.select(orm.FlowRun.state_type).where(orm.FlowRun.id == parent.flow_run_id)
-    ).scalar_one_or_none()
-    return True, state_type
+    return True, parent.state_type

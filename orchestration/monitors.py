@@ -27,7 +27,7 @@ def fail_expired_pause(session: Session, flow_run_id: uuid.UUID, now: datetime.d
     run = run_monitors.lock_flow_run(session, flow_run_id)
     if run is None or run.state_type != StateType.PAUSED:
         return False
-    if not run_monitors.pause_has_expired(run_monitors.state_details_of(session, run.state_id), now):
+    if not run_monitors.pause_has_expired(run.state_details, now):
         return False
     result = flow_runs.set_flow_run_state(session, flow_run_id, Failed(message=PAUSE_EXPIRED_MESSAGE), force=True)
     return result.status == SetStateStatus.ACCEPT

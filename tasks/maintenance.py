@@ -141,14 +141,9 @@ def clean_up_cancelled_runs() -> dict[str, int]:
     now = now_utc()
     timed_out_before = now - datetime.timedelta(seconds=get_settings().cancelling_timeout_seconds)
     with unit_of_work() as session:
-        cancelled_runs = run_monitors.cancelled_runs_with_unfinished_task_runs(
-            session, now - CANCELLED_RUNS_LOOKBACK, MONITOR_BATCH
+        task_run_ids = run_monitors.unfinished_task_runs_of_cancelled_runs(
+            session, now - CANCELLED_RUNS_LOOKBACK, runs=MONITOR_BATCH, per_run=TASK_RUNS_PER_CANCELLED_RUN
         )
-        task_run_ids = [
-            task_run_id
-            for run_id in cancelled_runs
-            for task_run_id in run_monitors.unfinished_task_runs(session, run_id, TASK_RUNS_PER_CANCELLED_RUN)
-        ]
         subflows = run_monitors.orphaned_subflows(session, MONITOR_BATCH)
         cancelling = run_monitors.runs_cancelling_since(session, timed_out_before, MONITOR_BATCH)
     report = {

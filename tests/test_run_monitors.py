@@ -115,6 +115,24 @@ def test_a_cancelled_runs_unfinished_task_runs_are_cancelled(session: Session, f
     assert maintenance.clean_up_cancelled_runs.apply().get()["task_runs_cancelled"] == 0
 
 
+def test_each_sweep_cancels_at_most_its_share_of_each_cancelled_runs_task_runs(
+    session: Session, flow_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintenance, "TASK_RUNS_PER_CANCELLED_RUN", 2)
+    runs = [running_run(flow_id) for _ in range(2)]
+    task_runs = {run: [task_run(run, f"t{index}", "RUNNING") for index in range(3)] for run in runs}
+    for run in runs:
+        force(run, "CANCELLED")
+
+    first = maintenance.clean_up_cancelled_runs.apply().get()["task_runs_cancelled"]
+    per_run_after_first = [task_state_types(session, *task_runs[run]).count("CANCELLED") for run in runs]
+    session.rollback()
+    second = maintenance.clean_up_cancelled_runs.apply().get()["task_runs_cancelled"]
+
+    assert (first, per_run_after_first, second) == (4, [2, 2], 2)
+    assert task_state_types(session, *task_runs[runs[0]], *task_runs[runs[1]]) == ["CANCELLED"] * 6
+
+
 def test_subflows_of_a_cancelled_run_are_cancelled_a_deployments_through_cancelling(flow_id: str) -> None:
     deployment = ok(deployments.create_deployment, deployment={"name": "d", "flow_id": flow_id})
     parent = running_run(flow_id)
