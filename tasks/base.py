@@ -22,7 +22,7 @@ import pydantic
 import pydantic_core
 import redis.exceptions
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -253,6 +253,8 @@ class FlowrunsTask(GuardedTask):
             log_request(self.spec, body, outcome, task_id, self.request.retries, replayed=replayed,
                         seconds=time.perf_counter() - started)
         except Exception as error:
+            if (stop := stop_under_way(error)) is not None:
+                raise stop from error  # the process is being stopped: not a failure to retry
             kind = failure_kind(error)
             # A write cancelled by a statement timeout waited on a lock held elsewhere, and an
             # attempt past the soft time limit was stopped: the transaction rolled back, try again.
@@ -269,7 +271,14 @@ class FlowrunsTask(GuardedTask):
                                "retrying in %.1fs", self.name, task_id, _first_line(error) or type(error).__name__,
                                countdown, extra={"event": "flowruns.retry", "cause": cause,
                                                  "retries": self.request.retries, "countdown": round(countdown, 3)})
-                raise self.retry(exc=error, countdown=countdown, max_retries=settings.task_max_retries) from error
+                try:
+                    raise self.retry(exc=error, countdown=countdown, max_retries=settings.task_max_retries) from error
+                except Reject as unpublished:
+                    # The broker stayed away longer than the publish retry policy waits: the message
+                    # itself goes back to its queue instead (nothing took effect), not a FAILURE.
+                    logger.warning("%s[%s] could not publish its retry (%s); its message goes back to the queue",
+                                   self.name, task_id, unpublished.reason)
+                    raise Reject(unpublished.reason, requeue=True) from error
             if kind is ErrorKind.REFUSED:
                 raise ValidationError(refusal_message(error, next(iter(self.spec.body.model_fields)))) from error
             if kind is ErrorKind.CANCELLED:
@@ -279,6 +288,24 @@ class FlowrunsTask(GuardedTask):
                 ) from error
             raise
         return outcome
+
+
+def stop_under_way(error: BaseException) -> BaseException | None:
+    """The SystemExit or KeyboardInterrupt `error` was raised while handling, if any. Celery stops
+    a pool process by raising SystemExit in it (a task it cancels when the broker connection is
+    lost, a shutdown); a database connection interrupted mid-statement then fails its clean-up
+    with an error of its own, which must not turn the stop into a retry."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error.__cause__, error.__context__]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (SystemExit, KeyboardInterrupt)):
+            return current
+        pending += [current.__cause__, current.__context__]
+    return None
 
 
 def _first_line(error: BaseException) -> str:

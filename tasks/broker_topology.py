@@ -25,6 +25,15 @@ from models.settings import Settings
 REDIS_SCHEMES = {"redis", "rediss", "redis+socket", "sentinel"}
 AMQP_SCHEMES = {"amqp", "amqps", "pyamqp"}
 
+PUBLISH_RETRY_POLICY = {"max_retries": 12, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2.0}
+"""How a worker retries publishing a message (a follow-up, a task's retry) while the broker is away
+(about 20 s in all)."""
+PUBLISH_CONNECT_OPTIONS = {"connect_retries_timeout": 20.0, "interval_start": 0.1, "interval_step": 0.5,
+                           "interval_max": 2.0}
+"""How long, and how often, a publisher reconnects to RabbitMQ before its message is tried again:
+kombu does it with these transport options, and otherwise gives up after `broker_connection_timeout`
+(4 s), well inside a node restart and before the publish retry policy gets its turn."""
+
 
 def broker_kind(url: str) -> str:
     """`redis`, `amqp`, or the URL's scheme for any other transport (configured as Celery's defaults)."""
@@ -88,7 +97,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     if kind == "redis":
         return redis_transport_options(settings)
     if kind == "amqp":
-        return {"confirm_publish": True}
+        return {"confirm_publish": True, **PUBLISH_CONNECT_OPTIONS}
     return {}
 
 

@@ -17,7 +17,7 @@ from models.database import dispose_engines
 from models.settings import Settings, get_settings
 from tasks import log_format  # noqa: F401  (JSON logs when FLOWRUNS_LOG_FORMAT=json)
 from tasks.beat import beat_schedule
-from tasks.broker_topology import broker_config, install_dead_letter_queues
+from tasks.broker_topology import PUBLISH_RETRY_POLICY, broker_config, install_dead_letter_queues
 from tasks.json_serializer import register_json_serializer
 
 RESULT_EXPIRES_SECONDS = 24 * 3600
@@ -27,8 +27,6 @@ SOFT_SHUTDOWN_SECONDS = 10.0
 """On a stop signal, running tasks get this long to finish before their messages are re-queued."""
 
 
-PUBLISH_RETRY_POLICY = {"max_retries": 12, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2.0}
-"""How a worker retries publishing a message (a follow-up, a task's retry) while the broker is away."""
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -7,8 +7,11 @@ FLOWRUNS_TEST_REQUIRE_RABBITMQ=1 (CI sets it), which makes a missing RabbitMQ a 
 import json
 import os
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Iterator
+import contextlib
 from contextlib import contextmanager
 from typing import Any
 
@@ -77,3 +80,47 @@ def list_exchanges(url: str) -> dict[str, str]:
     output = rabbitmqctl("list_exchanges", "-p", vhost_of(url), "--formatter", "json",
                          "name", "type")
     return {exchange["name"]: exchange["type"] for exchange in json.loads(output)}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def forwarded_port(port: int, target: tuple[str, int]) -> Iterator[None]:
+    """Connections to 127.0.0.1:`port` are passed on to `target` while this lasts (before it,
+    the port refuses them: a broker that is away)."""
+    server = socket.create_server(("127.0.0.1", port))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(target)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(source, sink), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        acceptor.join()
+        server.close()

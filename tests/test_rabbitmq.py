@@ -8,20 +8,30 @@ go to the test Redis as with the Redis broker.
 
 import contextlib
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from kombu import Connection, Queue
 
 from models.settings import Settings
-from tasks.broker_topology import dead_letter_queue_name
+from tasks.broker_topology import PUBLISH_CONNECT_OPTIONS, dead_letter_queue_name
 from tasks.metrics import _queue_depth, monitored_queues
 from tasks.worker_app import create_app
 from tests.celery_support import Worker, new_id, running_worker
 from tests.crashing_tasks import KILL_OWN_PROCESS
-from tests.rabbitmq import list_exchanges, list_queues, rabbitmq_vhost, settled_ready_count
+from tests.rabbitmq import (
+    forwarded_port,
+    free_port,
+    list_exchanges,
+    list_queues,
+    rabbitmq_vhost,
+    settled_ready_count,
+)
 from tests.test_bounded_work import assert_retried_until_the_lock_goes, states_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres_only, pytest.mark.usefixtures("db")]
@@ -84,7 +94,7 @@ def test_a_retry_waits_in_rabbitmq_not_in_the_worker_and_takes_effect_once(
 
 def test_publisher_confirms_are_on_for_the_worker_and_the_producer_client() -> None:
     app = create_app(Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//"))
-    assert app.conf.broker_transport_options == {"confirm_publish": True}
+    assert app.conf.broker_transport_options == {"confirm_publish": True, **PUBLISH_CONNECT_OPTIONS}
     with app.connection_for_write() as connection:
         assert connection.transport_options.get("confirm_publish") is True
 
@@ -142,3 +152,32 @@ def test_the_producer_client_sends_over_rabbitmq_with_flowruns_own_app(amqp_work
         app.close()
 
     assert flow.name == "from-the-client" and again.id == flow.id
+
+
+def test_a_publish_waits_out_a_broker_that_is_away_longer_than_kombus_connect_timeout(vhost: str) -> None:
+    """A worker's follow-up or retry, and the producer client's request, is published while the
+    node restarts: kombu's reconnect gives up after `broker_connection_timeout` (4 s) unless told
+    otherwise, so a publish during a restart of a few seconds failed and a retry became a FAILURE.
+    Here the broker's port opens 7 s after the publish began; the message arrives."""
+    port, broker = free_port(), urlsplit(vhost)
+    away = broker._replace(netloc=f"{broker.username}:{broker.password}@127.0.0.1:{port}").geturl()
+    queue = f"publish-wait-{new_id()}"
+    app = create_app(Settings(broker_url=away, task_queue=queue))
+    outcome: dict[str, Any] = {}
+
+    def publish() -> None:
+        try:
+            outcome["sent"] = app.send_task("flow_runs.count_flow_runs", kwargs={}).id
+        except Exception as error:  # noqa: BLE001 - reported by the test
+            outcome["error"] = error
+
+    publisher = threading.Thread(target=publish)
+    started = time.monotonic()
+    publisher.start()
+    time.sleep(7)
+    with forwarded_port(port, (broker.hostname or "127.0.0.1", broker.port or 5672)):
+        publisher.join(30)
+        assert "error" not in outcome, f"gave up after {time.monotonic() - started:.1f} s: {outcome['error']!r}"
+        assert "sent" in outcome
+        assert settled_ready_count(vhost, queue, expected=1) == 1
+    app.close()
