@@ -111,6 +111,10 @@ class FlowRunSnapshot(RunSnapshot):
     deployment_id: uuid.UUID | None
     parent_task_run_id: uuid.UUID | None
     infrastructure_pid: str | None
+    updated: datetime.datetime | None
+    """When the run's row was last written: the write compares it, so that an update between the
+    read and the write (not only a transition) sends the transition round again. None for a run
+    this transaction creates (no one else can update it)."""
     empirical_policy: FlowRunPolicy
     deployment_slot: DeploymentSlot
     transition_made: bool
@@ -159,7 +163,8 @@ class InboxRecord:
 
 @dataclasses.dataclass(frozen=True)
 class TransitionWrite:
-    """Everything one transition writes, applied only if the run still points at `seen_state_id`."""
+    """Everything one transition writes, applied only if the run still points at `seen_state_id`
+    (and still has `seen_updated`, when given)."""
 
     run_id: uuid.UUID
     seen_state_id: uuid.UUID | None
@@ -171,6 +176,8 @@ class TransitionWrite:
     slots: SlotChange = SlotChange()
     cache_entry: CacheEntry | None = None
     inbox: InboxRecord | None = None
+    seen_updated: datetime.datetime | None = None
+    """The run's `updated` as read, compared too when given (a flow run's)."""
 
     @property
     def writes_anything(self) -> bool:

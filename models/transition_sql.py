@@ -7,7 +7,9 @@ the proposal's transition id, for a task run its flow run; and, for the worker, 
 inbox record.
 
 On PostgreSQL the write is one statement: the run's UPDATE (or, when no column changes, a locking
-SELECT) carries the compare-and-set on `state_id`, and every other part — the new state, the slot
+SELECT) carries the compare-and-set on `state_id` (and, for a flow run, on `updated`: a run
+changed meanwhile by `update_flow_run` — its retry policy, its infrastructure pid — is decided
+again, as it would be under Prefect's row lock), and every other part — the new state, the slot
 taken or given back, the cache entry, the inbox row — only happens when that matched. So the run's
 row is locked for that one statement, not while the rules run. When the compare-and-set matched
 but a slot it needed was taken meanwhile, or a copy of the request recorded first, the statement
@@ -78,7 +80,7 @@ FLOW_RUNS = RunTables(
     run_class=orm.FlowRun,
     state_class=orm.FlowRunState,
     state_run_key="flow_run_id",
-    read_columns=("id", "deployment_id", "parent_task_run_id", "infrastructure_pid"),
+    read_columns=("id", "deployment_id", "parent_task_run_id", "infrastructure_pid", "updated"),
     snapshot_class=FlowRunSnapshot,
 )
 TASK_RUNS = RunTables(
@@ -224,7 +226,7 @@ def read_task_run_snapshot(
 def new_flow_run_snapshot(row: dict[str, Any], write_with_first_state: bool) -> FlowRunSnapshot:
     """The snapshot of a run this transaction creates (every column's value in `row`, no state).
     `write_with_first_state`: it is not inserted yet; its INSERT goes with its first state."""
-    values = {name: row[name] for name in FLOW_RUNS.snapshot_columns}
+    values = {name: row[name] for name in FLOW_RUNS.snapshot_columns} | {"updated": None}
     return FlowRunSnapshot(**values, state=None, deployment_slot=DeploymentSlot(), transition_made=False,
                            new_row=row if write_with_first_state else None)
 
@@ -278,6 +280,7 @@ def _write_in_one_statement(session: Session, tables: RunTables, write: Transiti
     shape = _Shape(
         tables=tables,
         run_columns=tuple(sorted(write.run_changes)),
+        versioned=write.seen_updated is not None,
         state=write.state is not None,
         acquire=write.slots.acquire_limit_id is not None,
         release=write.slots.release,
@@ -295,6 +298,7 @@ class _Shape:
 
     tables: RunTables
     run_columns: tuple[str, ...]
+    versioned: bool
     state: bool
     acquire: bool
     release: bool
@@ -305,6 +309,8 @@ class _Shape:
 def _cas_parameters(tables: RunTables, write: TransitionWrite) -> dict[str, Any]:
     now = now_utc()
     values: dict[str, Any] = {"run_id": write.run_id, "seen_state_id": write.seen_state_id, "now": now}
+    if write.seen_updated is not None:
+        values["seen_updated"] = write.seen_updated
     values.update({f"run__{name}": value for name, value in write.run_changes.items()})
     if write.state is not None:
         values.update(_state_parameters(tables, write.state))
@@ -355,6 +361,8 @@ def _cas_statement(shape: _Shape) -> sa.Select[Any]:
         run.c.id == sa.bindparam("run_id", type_=sa.Uuid()),
         run.c.state_id.is_not_distinct_from(sa.bindparam("seen_state_id", type_=sa.Uuid())),
     )
+    if shape.versioned:
+        matches = sa.and_(matches, run.c.updated == sa.bindparam("seen_updated", type_=Timestamp()))
     if shape.run_columns:
         changes = {name: sa.bindparam(f"run__{name}", type_=run.c[name].type) for name in shape.run_columns}
         run_cas = sa.update(run).where(matches).values(changes).returning(run.c.id).cte("run_cas")

@@ -441,6 +441,7 @@ def _transition_write(
     return TransitionWrite(
         run_id=snapshot.id,
         seen_state_id=snapshot.state.id if snapshot.state is not None else None,
+        seen_updated=snapshot.updated if isinstance(snapshot, FlowRunSnapshot) else None,
         state=context.written_state,
         run_changes=changes,
         new_run=new_run,

@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from models import database, orm
+from models import database, flow_runs, orm
+from models.schemas.actions import FlowRunUpdate
 from models.schemas import states
 from models.schemas.responses import SetStateStatus
 from models.schemas.states import State, StateDetails, StateType
@@ -179,3 +180,37 @@ def test_a_run_changed_under_every_optimistic_attempt_still_gets_its_transition_
     assert [row.type for row in rows] == ["RUNNING"] * (1 + service.LOCKED_AFTER) + ["COMPLETED"]
     session.expire_all()
     assert session.get(orm.FlowRun, run.id).state_type == StateType.COMPLETED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("as_worker", [True, False], ids=["worker", "in-process"])
+def test_an_update_committed_between_the_read_and_the_write_is_not_overwritten(
+    db: str, session: Session, flow: orm.Flow, monkeypatch: pytest.MonkeyPatch, as_worker: bool
+) -> None:
+    """Another request's `update_flow_run` commits a new retry policy after the transition read
+    the run and before it writes. The run's state did not move, but the transition decided on the
+    old policy and writes the policy back: the write sees the run changed, and it decides again."""
+    run = make_flow_run(session, flow, state=states.Running(), empirical_policy={"retries": 1, "retry_delay": 0})
+    session.commit()
+    real_write = service.write_transition
+    updated: list[bool] = []
+
+    def update_then_write(*args: Any, **kwargs: Any) -> Any:
+        if not updated:
+            with database.unit_of_work(db) as other:
+                update = FlowRunUpdate(empirical_policy={"retries": 5, "retry_delay": 30}, tags=["updated"])
+                updated.append(flow_runs.update_flow_run(other, run.id, update))
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(service, "write_transition", update_then_write)
+    before = conflicts.count
+    with database.statement_unit(db) if as_worker else database.unit_of_work(db) as unit:
+        done = set_flow_run_state(unit, run.id, states.Failed(), flow_policy=CoreFlowPolicy)
+
+    assert updated == [True]
+    assert conflicts.count - before == 1
+    assert done.result is not None and done.result.status == SetStateStatus.REJECT
+    assert done.result.state is not None and done.result.state.name == "AwaitingRetry"
+    session.expire_all()
+    stored = session.get(orm.FlowRun, run.id)
+    assert stored is not None and stored.tags == ["updated"]
+    assert (stored.empirical_policy.retries, stored.empirical_policy.retry_delay) == (5, 30)
