@@ -21,6 +21,7 @@ from models.flow_run_inserts import (
     read_parents,
 )
 from models.flow_run_queries import count_flow_runs, read_flow_runs
+from models.job_variables import check_job_variables
 from models.schemas.actions import FlowRunCreate, FlowRunUpdate
 from models.schemas.core import FlowRun
 from models.schemas.responses import OrchestrationResult
@@ -139,12 +140,11 @@ def read_flow_run(
 
 
 def update_flow_run(session: Session, flow_run_id: uuid.UUID, flow_run: FlowRunUpdate) -> bool:
-    """Write only the fields the caller set; True if the run exists. No orchestration, no lock."""
+    """Write only the fields the caller set, and `updated` (even when none is set, as Prefect's
+    UPDATE does); True if the run exists. No orchestration; the row is locked by the UPDATE."""
     values = flow_run.model_dump(exclude_unset=True)
     if "empirical_policy" in values:
         values["empirical_policy"] = flow_run.empirical_policy
-    if not values:
-        return session.get(orm.FlowRun, flow_run_id) is not None
     values["updated"] = now_utc()
     result = session.execute(
         sa.update(orm.FlowRun).where(orm.FlowRun.id == flow_run_id).values(**values)
@@ -152,19 +152,26 @@ def update_flow_run(session: Session, flow_run_id: uuid.UUID, flow_run: FlowRunU
     return result.rowcount > 0
 
 
-def ensure_job_variables_may_change(session: Session, flow_run_id: uuid.UUID) -> bool:
+def ensure_job_variables_may_change(
+    session: Session, flow_run_id: uuid.UUID, job_variables: dict[str, Any] | None = None
+) -> bool:
     """Prefect's API rule for a change of `job_variables`: only a SCHEDULED run of an existing
-    deployment. Locks the run (no transition slips in before the update); False for an unknown
-    run; otherwise `ValidationError` naming `flow_run.job_variables` unless the change may go on."""
+    deployment, and the variables (over the deployment's and the pool's defaults) must satisfy the
+    work pool's variables schema (`models.job_variables`). Locks the run (no transition slips in
+    before the update); False for an unknown run; otherwise `ValidationError` naming
+    `flow_run.job_variables` unless the change may go on."""
     row = session.execute(
-        sa.select(orm.FlowRun.state_type, orm.FlowRun.deployment_id, orm.Deployment.id)
+        sa.select(orm.FlowRun.state_type, orm.FlowRun.deployment_id, orm.Deployment.id,
+                  orm.Deployment.job_variables, orm.WorkPool.base_job_template)
         .outerjoin(orm.Deployment, orm.Deployment.id == orm.FlowRun.deployment_id)
+        .outerjoin(orm.WorkQueue, orm.WorkQueue.id == orm.Deployment.work_queue_id)
+        .outerjoin(orm.WorkPool, orm.WorkPool.id == orm.WorkQueue.work_pool_id)
         .where(orm.FlowRun.id == flow_run_id)
         .with_for_update(of=orm.FlowRun)
     ).first()
     if row is None:
         return False
-    state_type, deployment_id, deployment_found = row
+    state_type, deployment_id, deployment_found, deployment_variables, base_job_template = row
     if state_type is None:
         problem = "Flow run state is required to update job variables but none exists"
     elif state_type != StateType.SCHEDULED:
@@ -172,6 +179,7 @@ def ensure_job_variables_may_change(session: Session, flow_run_id: uuid.UUID) ->
     elif deployment_id is None or deployment_found is None:
         problem = "A deployment for the flow run could not be found"
     else:
+        check_job_variables(base_job_template, deployment_variables, job_variables)
         return True
     raise ValidationError(f"flow_run.job_variables: {problem}")
 

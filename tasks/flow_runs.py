@@ -168,9 +168,10 @@ def count_flow_runs(session: Session, body: CountFlowRuns, task_id: str) -> int:
 @flowruns_task("flow_runs.update_flow_run", UpdateFlowRun, recorded=True)
 def update_flow_run(session: Session, body: UpdateFlowRun, task_id: str) -> bool:
     """Write the fields the request set; false for an unknown run. Job variables change only on a
-    SCHEDULED run of a deployment (Prefect's API rule)."""
+    SCHEDULED run of a deployment, and must satisfy its work pool's variables schema (Prefect's
+    API rules)."""
     if body.flow_run.job_variables is not None and not flow_runs.ensure_job_variables_may_change(
-        session, body.flow_run_id
+        session, body.flow_run_id, body.flow_run.job_variables
     ):
         return False
     return flow_runs.update_flow_run(session, body.flow_run_id, body.flow_run)

@@ -173,6 +173,18 @@ def test_update_of_unknown_run_returns_false(session: Session) -> None:
     assert flow_runs.update_flow_run(session, uuid.uuid4(), actions.FlowRunUpdate(flow_version="x")) is False
 
 
+def test_an_empty_update_still_marks_the_run_updated(session: Session, flow: orm.Flow) -> None:
+    run = make_flow_run(session, flow)
+    session.commit()
+    before = run.updated
+    assert flow_runs.update_flow_run(session, run.id, actions.FlowRunUpdate()) is True
+    assert flow_runs.update_flow_run(session, uuid.uuid4(), actions.FlowRunUpdate()) is False
+    session.commit()
+    session.expunge_all()
+    stored = flow_runs.read_flow_run(session, run.id)
+    assert stored is not None and stored.updated > before
+
+
 def test_update_refuses_unknown_fields() -> None:
     with pytest.raises(Exception, match="state_type"):
         actions.FlowRunUpdate.model_validate({"state_type": "RUNNING"})
