@@ -8,6 +8,8 @@ Every required variable must then be present, unless a default had to be left ou
 (the value it would have given is unknown). As Prefect does, the schema is first adjusted for what
 pydantic v1 wrote: an optional property accepts null, and a list of `items` is read as
 `prefixItems`. A pool without a template, or a template without variables, checks nothing.
+
+A pool's own defaults are checked the same way when the pool is created (`check_variable_defaults`).
 """
 
 import copy
@@ -30,13 +32,9 @@ def check_job_variables(
 ) -> None:
     """`ValidationError` naming `flow_run.job_variables` unless the merged variables satisfy the
     template's variables schema (see the module docstring)."""
-    schema = (base_job_template or {}).get("variables")
-    if not schema:
+    schema = _variables_schema(base_job_template, FIELD)
+    if schema is None:
         return
-    try:
-        _validator().check_schema(schema)
-    except SchemaError as error:
-        raise ValidationError(f"{FIELD}: the work pool's variables schema is invalid: {error.message}") from None
     defaults, some_invalid = _valid_defaults(schema)
     merged = {**defaults}
     for variables in (deployment_variables, run_variables):
@@ -48,6 +46,40 @@ def check_job_variables(
     problem = _first_violation(merged, adjusted)
     if problem is not None:
         raise ValidationError(f"{FIELD}: Error updating flow run: {problem}")
+
+
+def check_variable_defaults(base_job_template: dict[str, Any] | None) -> None:
+    """`ValidationError` naming `work_pool.base_job_template` unless every default its variables
+    schema gives satisfies that schema (required properties need no default), as Prefect's API
+    checks a pool's template when the pool is created."""
+    field = "work_pool.base_job_template"
+    schema = _variables_schema(base_job_template, field)
+    if schema is None:
+        return
+    defaults = {
+        name: attributes["default"] for name, attributes in (schema.get("properties") or {}).items()
+        if isinstance(attributes, dict) and "default" in attributes and not _block_reference(attributes["default"])
+    }
+    problem = _first_violation(defaults, _without_required(_accepting_null_when_optional(schema)))
+    if problem is not None:
+        raise ValidationError(f"{field}: Validation failed for work pool's job variable defaults: {problem}")
+
+
+def _variables_schema(base_job_template: dict[str, Any] | None, field: str) -> dict[str, Any] | None:
+    """The template's variables schema (None when it has none), refused when it is no valid schema."""
+    schema = (base_job_template or {}).get("variables")
+    if not schema:
+        return None
+    try:
+        _validator().check_schema(schema)
+    except SchemaError as error:
+        raise ValidationError(f"{field}: the work pool's variables schema is invalid: {error.message}") from None
+    return schema  # type: ignore[no-any-return]
+
+
+def _block_reference(value: Any) -> bool:
+    """A default naming a block document (`{"$ref": ...}`): there are no blocks here to read it from."""
+    return isinstance(value, dict) and "$ref" in value
 
 
 def _validator() -> type[Any]:
@@ -84,7 +116,7 @@ def _valid_defaults(schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         if not isinstance(attributes, dict) or "default" not in attributes:
             continue
         default = attributes["default"]
-        if isinstance(default, dict) and "$ref" in default:
+        if _block_reference(default):
             continue
         if _first_violation({name: default}, relaxed) is None:
             defaults[name] = default

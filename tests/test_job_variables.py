@@ -21,7 +21,6 @@ TEMPLATE = {
         "properties": {
             "image": {"type": "string", "default": "python:3.12"},
             "cpu": {"type": "integer", "minimum": 1},
-            "memory": {"type": "string", "default": 512},  # an invalid default: left out
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
         },
         "required": ["image"],
@@ -68,9 +67,10 @@ def test_an_optional_variable_may_be_null_and_the_deployments_variables_count_to
     assert ok(flow_runs.update_flow_run, flow_run_id=run_id, flow_run={"job_variables": {"cpu": None, "image": "x"}})
 
 
-def test_a_pool_without_a_variables_schema_checks_nothing() -> None:
-    run_id = scheduled_deployment_run({"job_configuration": {}})
-    assert ok(flow_runs.update_flow_run, flow_run_id=run_id, flow_run={"job_variables": {"anything": object.__name__}})
+def test_a_pool_without_a_template_or_a_variables_schema_checks_nothing() -> None:
+    run_id = scheduled_deployment_run({})
+    assert ok(flow_runs.update_flow_run, flow_run_id=run_id, flow_run={"job_variables": {"anything": 1}})
+    check_job_variables({"job_configuration": {"image": "python"}}, {}, {"anything": 1})
 
 
 def test_a_required_variable_must_be_present_over_the_defaults() -> None:
@@ -91,3 +91,23 @@ def test_an_invalid_default_lifts_the_required_check() -> None:
 def test_an_invalid_variables_schema_is_refused() -> None:
     with pytest.raises(ValidationError, match="flow_run.job_variables: the work pool's variables schema is invalid"):
         check_job_variables({"variables": {"type": "object", "properties": {"cpu": {"type": "integr"}}}}, {}, {})
+
+
+def test_a_pool_template_must_declare_every_placeholder_it_uses() -> None:
+    template = {"job_configuration": {"command": "{{ command }} --cpu {{cpu}}"},
+                "variables": {"type": "object", "properties": {"cpu": {"type": "integer"}}}}
+    message = refused(work_pool_tasks.create_work_pool, work_pool={"name": "p", "type": "process",
+                                                                   "base_job_template": template})
+    assert "work_pool.base_job_template" in message and "undeclared variable(s): command." in message
+    half = refused(work_pool_tasks.create_work_pool, work_pool={"name": "p", "base_job_template": {"variables": {}}})
+    assert "must contain both a `job_configuration` key and a `variables` key" in half
+
+
+def test_a_pool_whose_defaults_break_its_own_schema_is_refused() -> None:
+    template = {"job_configuration": {"memory": "{{ memory }}"},
+                "variables": {"type": "object", "properties": {"memory": {"type": "string", "default": 512}}}}
+    message = refused(work_pool_tasks.create_work_pool, work_pool={"name": "p", "type": "process",
+                                                                   "base_job_template": template})
+    assert message == ("work_pool.base_job_template: Validation failed for work pool's job variable defaults: "
+                       "Validation failed for field 'memory'. Failure reason: 512 is not valid under any of the "
+                       "given schemas")

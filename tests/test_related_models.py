@@ -102,7 +102,18 @@ def test_deployment_with_a_new_queue_name_creates_it_in_the_pool(
 def test_work_pool_gets_a_default_queue(session: Session) -> None:
     pool = work_pools.create_work_pool(session, actions.WorkPoolCreate(name="p", type="process"))
     queue = session.get(orm.WorkQueue, pool.default_queue_id)
-    assert queue is not None and queue.name == "default" and queue.priority == 1
+    assert queue is not None and (queue.name, queue.priority, queue.description) == (
+        "default", 1, "The work pool's default queue.")
+
+
+@pytest.mark.parametrize(("pool_type", "paused", "status"), [
+    ("process", True, "PAUSED"), ("process", False, "NOT_READY"), ("prefect-agent", True, "NOT_READY"),
+])
+def test_a_work_pool_created_paused_is_paused_unless_it_is_an_agent_pool(
+    session: Session, pool_type: str, paused: bool, status: str
+) -> None:
+    pool = work_pools.create_work_pool(session, actions.WorkPoolCreate(name="p", type=pool_type, is_paused=paused))
+    assert pool.status == status
 
 
 def test_work_pool_name_is_unique(session: Session) -> None:
@@ -115,6 +126,45 @@ def test_work_queue_priority_defaults_to_last(session: Session, work_pool: orm.W
     second = work_queues.create_work_queue(session, actions.WorkQueueCreate(name="b", work_pool_name="pool-a"))
     third = work_queues.create_work_queue(session, actions.WorkQueueCreate(name="c", work_pool_name="pool-a"))
     assert (second.priority, third.priority) == (2, 3)
+
+
+def priorities(session: Session, pool_name: str) -> dict[str, int]:
+    pool = work_pools.read_work_pool_by_name(session, pool_name)
+    assert pool is not None
+    queues = session.execute(sa.select(orm.WorkQueue).where(orm.WorkQueue.work_pool_id == pool.id)).scalars()
+    return {queue.name: queue.priority for queue in queues}
+
+
+def test_work_queue_without_a_priority_takes_the_first_one_free(session: Session, work_pool: orm.WorkPool) -> None:
+    work_queues.create_work_queue(session, actions.WorkQueueCreate(name="third", work_pool_name="pool-a", priority=3))
+    work_queues.create_work_queue(session, actions.WorkQueueCreate(name="gap", work_pool_name="pool-a"))
+    work_queues.create_work_queue(session, actions.WorkQueueCreate(name="last", work_pool_name="pool-a"))
+    assert priorities(session, "pool-a") == {"default": 1, "gap": 2, "third": 3, "last": 4}
+
+
+def test_a_taken_priority_moves_the_queues_from_it_down_keeping_their_order(
+    session: Session, work_pool: orm.WorkPool
+) -> None:
+    for name in ("b", "c"):
+        work_queues.create_work_queue(session, actions.WorkQueueCreate(name=name, work_pool_name="pool-a"))
+    work_queues.create_work_queue(session, actions.WorkQueueCreate(name="far", work_pool_name="pool-a", priority=9))
+    work_queues.create_work_queue(session, actions.WorkQueueCreate(name="top", work_pool_name="pool-a", priority=1))
+    assert priorities(session, "pool-a") == {"top": 1, "default": 2, "b": 3, "c": 4, "far": 9}
+    work_queues.create_work_queue(session, actions.WorkQueueCreate(name="mid", work_pool_name="pool-a", priority=3))
+    assert priorities(session, "pool-a") == {"top": 1, "default": 2, "mid": 3, "b": 4, "c": 5, "far": 9}
+
+
+def test_the_default_queue_asked_for_on_an_empty_database_is_the_new_default_pools(session: Session) -> None:
+    queue = work_queues.create_work_queue(session, actions.WorkQueueCreate(name="default"))
+    pool = work_pools.read_work_pool_by_name(session, work_pools.DEFAULT_POOL_NAME)
+    assert pool is not None and pool.type == "prefect-agent" and queue.id == pool.default_queue_id
+    with pytest.raises(ValidationError, match="work_queue.name"):  # once the pool exists, it is taken
+        work_queues.create_work_queue(session, actions.WorkQueueCreate(name="default"))
+
+
+def test_empty_pool_and_queue_names_count_as_none_given(session: Session, work_pool: orm.WorkPool) -> None:
+    assert work_queues.resolve_work_queue(session, "", "") is None
+    assert work_queues.resolve_work_queue(session, "pool-a", "") == session.get(orm.WorkQueue, work_pool.default_queue_id)
 
 
 def test_work_queue_without_pool_goes_to_the_default_pool(session: Session) -> None:

@@ -316,6 +316,15 @@ def test_work_queue_result_names_its_pool(pool: dict[str, Any]) -> None:
     assert in_default["work_pool_name"] == "default-agent-pool"
 
 
+def test_pool_and_queue_results_carry_prefects_active_slots_and_queue_filter(pool: dict[str, Any]) -> None:
+    assert pool["active_slots"] is None
+    limited = ok(work_pools.create_work_pool, work_pool={"name": "limited", "type": "process", "concurrency_limit": 2})
+    assert limited["active_slots"] == 0
+    queue = ok(work_queues.create_work_queue, work_queue={"name": "q", "work_pool_name": "pool-a",
+                                                          "concurrency_limit": 1})
+    assert (queue["active_slots"], queue["filter"]) == (0, None)
+
+
 def test_task_runs_dependencies_and_graph(flow_id: str) -> None:
     run = create_run(flow_id)
     propose(run["id"], "RUNNING")  # a task run starts only inside a running flow run

@@ -1,5 +1,7 @@
 """Request bodies: strict (unknown fields refused), with Prefect's field names."""
 
+import json
+import re
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -15,6 +17,9 @@ from models.schemas.core import (
     cache_key_of_allowed_length,
 )
 from models.schemas.states import StateDefaults, StateDetails, StateType
+
+PLACEHOLDER = re.compile(r"{{\s*([\w.\-\[\]$]+)\s*}}")
+"""A `{{ name }}` placeholder of a work pool's job configuration (the name as Prefect reads it)."""
 
 NAME_FORBIDDEN_CHARACTERS = "/%&><"
 """Characters Prefect refuses in the names of flows, deployments, work pools and work queues."""
@@ -120,6 +125,28 @@ class WorkPoolCreate(ActionModel):
     base_job_template: JsonObject = Field(default_factory=dict)
     is_paused: bool = False
     concurrency_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
+
+    @field_validator("base_job_template")
+    @classmethod
+    def _every_placeholder_declared(cls, template: dict[str, Any]) -> dict[str, Any]:
+        """Prefect's rule: a template, unless empty, has a `job_configuration` and a `variables`
+        schema, and every `{{ name }}` in the configuration is one of the schema's properties."""
+        if not template:
+            return template
+        configuration, variables = template.get("job_configuration"), template.get("variables")
+        if not (configuration and variables):
+            raise ValueError("The `base_job_template` must contain both a `job_configuration` key and a `variables` key.")
+        if not isinstance(configuration, dict) or not isinstance(variables, dict):
+            raise ValueError("`job_configuration` and `variables` must be JSON objects")
+        used = {name for value in configuration.values() for name in PLACEHOLDER.findall(json.dumps(value))}
+        undeclared = used - set(variables.get("properties") or {})
+        if undeclared:
+            raise ValueError(
+                "The variables specified in the job configuration template must be present as properties in the "
+                f"variables schema. Your job configuration uses the following undeclared variable(s): "
+                f"{', '.join(sorted(undeclared))}."
+            )
+        return template
 
 
 class WorkQueueCreate(ActionModel):

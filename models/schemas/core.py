@@ -265,7 +265,21 @@ class ConcurrencyLimitV2(ORMModel):
     avg_slot_occupancy_seconds: float = 2.0
 
 
-class WorkPool(ORMModel):
+class _ActiveSlots(BaseModel):
+    """Prefect's `active_slots` of a pool or queue response: 0 with a concurrency limit, None
+    without one. flowruns answers with a pool or queue only as it creates it, when nothing
+    occupies it yet."""
+
+    active_slots: int | None = None
+
+    @model_validator(mode="after")
+    def _none_occupied_yet(self) -> "_ActiveSlots":
+        if self.active_slots is None and getattr(self, "concurrency_limit", None) is not None:
+            self.active_slots = 0
+        return self
+
+
+class WorkPool(ORMModel, _ActiveSlots):
     id: UUID | None = None
     name: str
     description: str | None = None
@@ -277,7 +291,7 @@ class WorkPool(ORMModel):
     default_queue_id: UUID | None = None
 
 
-class WorkQueue(ORMModel):
+class WorkQueue(ORMModel, _ActiveSlots):
     id: UUID | None = None
     name: str
     description: str | None = ""
@@ -288,3 +302,5 @@ class WorkQueue(ORMModel):
     work_pool_name: str | None = None
     last_polled: DateTime | None = None
     status: str | None = None
+    filter: dict[str, Any] | None = None
+    """Prefect's deprecated queue filter: always null here."""
