@@ -13,6 +13,7 @@ A pool's own defaults are checked the same way when the pool is created (`check_
 """
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -24,6 +25,8 @@ from referencing.exceptions import Unresolvable
 from models.errors import ValidationError
 
 FIELD = "flow_run.job_variables"
+VALIDATOR = jsonschema.Draft202012Validator
+"""The JSON Schema draft pydantic writes and Prefect validates with."""
 
 
 def check_job_variables(
@@ -56,11 +59,7 @@ def check_variable_defaults(base_job_template: dict[str, Any] | None) -> None:
     schema = _variables_schema(base_job_template, field)
     if schema is None:
         return
-    defaults = {
-        name: attributes["default"] for name, attributes in (schema.get("properties") or {}).items()
-        if isinstance(attributes, dict) and "default" in attributes and not _block_reference(attributes["default"])
-    }
-    problem = _first_violation(defaults, _without_required(_accepting_null_when_optional(schema)))
+    problem = _first_violation(dict(_defaults(schema)), _without_required(_accepting_null_when_optional(schema)))
     if problem is not None:
         raise ValidationError(f"{field}: Validation failed for work pool's job variable defaults: {problem}")
 
@@ -71,26 +70,27 @@ def _variables_schema(base_job_template: dict[str, Any] | None, field: str) -> d
     if not schema:
         return None
     try:
-        _validator().check_schema(schema)
+        VALIDATOR.check_schema(schema)
     except SchemaError as error:
         raise ValidationError(f"{field}: the work pool's variables schema is invalid: {error.message}") from None
     return schema  # type: ignore[no-any-return]
 
 
-def _block_reference(value: Any) -> bool:
-    """A default naming a block document (`{"$ref": ...}`): there are no blocks here to read it from."""
-    return isinstance(value, dict) and "$ref" in value
-
-
-def _validator() -> type[Any]:
-    return jsonschema.Draft202012Validator
+def _defaults(schema: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Each property's default, but one naming a block document (`{"$ref": ...}`): there are no
+    blocks here to read it from."""
+    for name, attributes in (schema.get("properties") or {}).items():
+        if not isinstance(attributes, dict) or "default" not in attributes:
+            continue
+        default = attributes["default"]
+        if not (isinstance(default, dict) and "$ref" in default):
+            yield name, default
 
 
 def _first_violation(instance: dict[str, Any], schema: dict[str, Any]) -> str | None:
     """The message Prefect gives for the most relevant violation, or None when there is none.
     References stay inside the schema: nothing is fetched."""
-    validator = _validator()(schema, registry=referencing.Registry(),
-                             format_checker=_validator().FORMAT_CHECKER)
+    validator = VALIDATOR(schema, registry=referencing.Registry(), format_checker=VALIDATOR.FORMAT_CHECKER)
     try:
         error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     except Unresolvable as unresolvable:
@@ -108,16 +108,10 @@ def _where(error: SchemaViolation) -> str:
 def _valid_defaults(schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Each property's default that satisfies the schema (checked alone, required ignored), and
     whether any default was left out as invalid. Block references are left out silently."""
-    properties = schema.get("properties") or {}
     relaxed = _without_required(schema)
     defaults: dict[str, Any] = {}
     some_invalid = False
-    for name, attributes in properties.items():
-        if not isinstance(attributes, dict) or "default" not in attributes:
-            continue
-        default = attributes["default"]
-        if _block_reference(default):
-            continue
+    for name, default in _defaults(schema):
         if _first_violation({name: default}, relaxed) is None:
             defaults[name] = default
         else:

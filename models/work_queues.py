@@ -29,12 +29,15 @@ def create_work_queue(session: Session, work_queue: WorkQueueCreate) -> orm.Work
         default_queue = session.get(orm.WorkQueue, pool.default_queue_id)
         assert default_queue is not None
         return default_queue
-    taken = session.execute(
-        sa.select(orm.WorkQueue.priority).where(orm.WorkQueue.work_pool_id == pool.id)
-    ).scalars().all()
+    priority = work_queue.priority
+    if priority is None:
+        taken = session.execute(
+            sa.select(orm.WorkQueue.priority).where(orm.WorkQueue.work_pool_id == pool.id)
+        ).scalars().all()
+        priority = first_free_priority(taken)
     queue = orm.WorkQueue(
         **work_queue.model_dump(exclude={"work_pool_name", "priority"}),
-        priority=work_queue.priority or first_free_priority(taken),
+        priority=priority,
         work_pool_id=pool.id,
     )
     try:

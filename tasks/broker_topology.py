@@ -25,11 +25,12 @@ from models.settings import Settings
 REDIS_SCHEMES = {"redis", "rediss", "redis+socket", "sentinel"}
 AMQP_SCHEMES = {"amqp", "amqps", "pyamqp"}
 
-PUBLISH_RETRY_POLICY = {"max_retries": 12, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 2.0}
+PUBLISH_INTERVALS = {"interval_start": 0.1, "interval_step": 0.5, "interval_max": 2.0}
+"""The pauses between a publisher's attempts while the broker is away: 0.1 s, growing by 0.5 s, at most 2 s."""
+PUBLISH_RETRY_POLICY = {"max_retries": 12, **PUBLISH_INTERVALS}
 """How a worker retries publishing a message (a follow-up, a task's retry) while the broker is away
 (about 20 s in all)."""
-PUBLISH_CONNECT_OPTIONS = {"connect_retries_timeout": 20.0, "interval_start": 0.1, "interval_step": 0.5,
-                           "interval_max": 2.0}
+PUBLISH_CONNECT_OPTIONS = {"connect_retries_timeout": 20.0, **PUBLISH_INTERVALS}
 """How long, and how often, a publisher reconnects to RabbitMQ before its message is tried again:
 kombu does it with these transport options, and otherwise gives up after `broker_connection_timeout`
 (4 s), well inside a node restart and before the publish retry policy gets its turn."""

@@ -27,8 +27,6 @@ SOFT_SHUTDOWN_SECONDS = 10.0
 """On a stop signal, running tasks get this long to finish before their messages are re-queued."""
 
 
-
-
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings for `settings` (a plain dict, so tests can inspect it)."""
     return {
