@@ -103,7 +103,7 @@ def new_flow_run_values(
         values[required] = getattr(flow_run, required)
     if queue is not None:
         values["work_queue_id"] = queue.id
-        if flow_run.work_queue_name is not None:  # a pool alone leaves the column empty, as Prefect's API does
+        if flow_run.work_queue_name:  # a pool alone (or an empty queue name) leaves the column as sent, as Prefect's API does
             values["work_queue_name"] = queue.name
     if "empirical_policy" in values:
         values["empirical_policy"] = flow_run.empirical_policy

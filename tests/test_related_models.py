@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from models import deployments, flows, orm, work_pools, work_queues
+from models import deployments, flow_runs, flows, orm, work_pools, work_queues
 from models.errors import ObjectNotFoundError, ValidationError
 from models.schemas import actions, core
 
@@ -165,6 +165,15 @@ def test_the_default_queue_asked_for_on_an_empty_database_is_the_new_default_poo
 def test_empty_pool_and_queue_names_count_as_none_given(session: Session, work_pool: orm.WorkPool) -> None:
     assert work_queues.resolve_work_queue(session, "", "") is None
     assert work_queues.resolve_work_queue(session, "pool-a", "") == session.get(orm.WorkQueue, work_pool.default_queue_id)
+
+
+def test_a_run_with_an_empty_queue_name_gets_the_pools_default_queue_and_keeps_the_name_sent(
+    session: Session, flow: orm.Flow, work_pool: orm.WorkPool
+) -> None:
+    run = flow_runs.create_flow_run(session, actions.FlowRunCreate(flow_id=flow.id, work_pool_name="pool-a",
+                                                                    work_queue_name=""))
+    session.flush()
+    assert (run.work_queue_id, run.work_queue_name) == (work_pool.default_queue_id, "")
 
 
 def test_work_queue_without_pool_goes_to_the_default_pool(session: Session) -> None:
